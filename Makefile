@@ -1,0 +1,86 @@
+# loaderd — every task a developer or CI needs, from a fresh machine.
+# `make demo` and `make test` install what they need: apt packages when missing
+# (as root), Go modules, protobuf plugins, and a .venv with the Python client.
+
+SHELL       := bash
+.SHELLFLAGS := -eu -o pipefail -c
+GO          ?= go
+PYTHON      ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+TOOLS       := $(CURDIR)/.tools/bin
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     := -X main.version=$(VERSION)
+PROTO_DIR   := feed/api/loaderd/feed/v1
+PY_PROTO    := clients/python/src/loaderd/_proto
+# Pinned generators: the committed stubs are byte-identical wherever they are made.
+PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+GO_TEST_FLAGS ?= -race -count=1 -timeout 20m
+
+.PHONY: all build demo test test-go test-py protos protos-check lint bench venv deps clean
+
+all: build
+
+deps:
+	@bash deploy/dev/ensure-deps.sh
+
+build: deps
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/loaderd ./cmd/loaderd
+
+demo: build
+	./bin/loaderd demo
+
+# The venv is rebuilt when the client's packaging changes.
+$(VENV)/.stamp: clients/python/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e 'clients/python[test,dev]'
+	touch $@
+
+venv: $(VENV)/.stamp
+
+$(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc:
+	GOBIN=$(TOOLS) $(GO) install $(PROTOC_GEN_GO)
+	GOBIN=$(TOOLS) $(GO) install $(PROTOC_GEN_GO_GRPC)
+
+# protoc comes from grpcio-tools (pinned in pyproject's dev extra), so one protoc
+# version generates both languages and no system protoc is needed.
+protos: venv $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
+	PATH=$(TOOLS):$$PATH $(PY) -m grpc_tools.protoc -I feed/api \
+	  --go_out=paths=source_relative:feed/api \
+	  --go-grpc_out=paths=source_relative:feed/api \
+	  $(PROTO_DIR)/*.proto
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I $(PROTO_DIR) \
+	  --python_out=$(PY_PROTO) --grpc_python_out=$(PY_PROTO) --mypy_out=$(PY_PROTO) \
+	  $(PROTO_DIR)/*.proto
+	# Generated Python imports its siblings as top-level modules; make them relative.
+	sed -i -E 's/^import (\w+_pb2) as /from . import \1 as /' $(PY_PROTO)/*_pb2_grpc.py
+
+# Fails when the committed stubs differ from what `make protos` makes.
+protos-check: protos
+	@git diff --exit-code --stat -- feed/api $(PY_PROTO) || \
+	  { echo "generated stubs are stale: run 'make protos' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- feed/api $(PY_PROTO))" || \
+	  { echo "generated stubs are not committed: run 'make protos' and commit"; exit 1; }
+
+lint: venv
+	gofmt -l . | (! grep .) || { echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet ./...
+	cd clients/python && ../../$(PY) -m ruff check src tests && ../../$(PY) -m ruff format --check src tests
+	cd clients/python && ../../$(PY) -m mypy --strict src
+
+test-go: deps
+	$(GO) test $(GO_TEST_FLAGS) ./...
+
+test-py: build venv
+	LOADERD_BIN=$(CURDIR)/bin/loaderd $(PY) -m pytest -q clients/python/tests tests
+
+test: protos-check lint test-go test-py
+
+bench: build venv
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./shard/... ./prefetch/... ./cache/...
+	LOADERD_BIN=$(CURDIR)/bin/loaderd $(PY) tests/bench/run.py
+
+clean:
+	rm -rf bin .tools $(VENV)

@@ -1,0 +1,1 @@
+from loaderd._version import __version__

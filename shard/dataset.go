@@ -1,0 +1,179 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"golang.org/x/sync/errgroup"
+)
+
+// BlockRef places a block in a dataset: which file, which block of it.
+type BlockRef struct {
+	File  int
+	Index int
+	Rows  int64
+}
+
+// Dataset is an opened spec: its files, schema and blocks, in a fixed order.
+// It is immutable and safe for concurrent use.
+type Dataset struct {
+	Spec   Spec
+	Schema *arrow.Schema // of the selected columns
+	Files  []*FileMeta
+	Blocks []BlockRef // in file order
+	Rows   int64
+	// Skipped lists files left out under OnError Skip, with why.
+	Skipped []error
+
+	store  Store
+	format Format
+}
+
+// OpenOptions are the dependencies of Open.
+type OpenOptions struct {
+	Store   Store
+	Formats Formats
+	// Parallel bounds concurrent file inspections; 0 means 8.
+	Parallel int
+	Logger   *slog.Logger
+}
+
+// Open resolves a spec: lists its files, inspects each, and checks that they
+// share one schema.
+func Open(ctx context.Context, spec Spec, opts OpenOptions) (*Dataset, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	format, ok := opts.Formats[spec.Format]
+	if !ok {
+		return nil, Invalidf("unknown format %q", spec.Format)
+	}
+	var infos []FileInfo
+	seen := map[string]bool{}
+	for _, u := range spec.URIs {
+		matched, err := opts.Store.Glob(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range matched {
+			if !seen[m.URI] {
+				seen[m.URI] = true
+				infos = append(infos, m)
+			}
+		}
+	}
+	metas := make([]*FileMeta, len(infos))
+	errs := make([]error, len(infos))
+	g, gctx := errgroup.WithContext(ctx)
+	parallel := opts.Parallel
+	if parallel <= 0 {
+		parallel = 8
+	}
+	g.SetLimit(parallel)
+	for i, info := range infos {
+		g.Go(func() error {
+			metas[i], errs[i] = inspect(gctx, opts.Store, format, info, spec.Options)
+			if errs[i] != nil && (spec.OnError == Raise || !isInputError(errs[i])) {
+				return errs[i]
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	d := &Dataset{Spec: spec, store: opts.Store, format: format}
+	var ref *FileMeta
+	for i, m := range metas {
+		if errs[i] != nil {
+			d.Skipped = append(d.Skipped, errs[i])
+			if opts.Logger != nil {
+				opts.Logger.Warn("skipping bad file", "err", errs[i])
+			}
+			continue
+		}
+		sc, err := Project(m.Schema, nilIfEmpty(spec.Columns))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", m.Info.URI, err)
+		}
+		if ref == nil {
+			ref, d.Schema = m, sc
+		} else if !sc.Equal(d.Schema) {
+			err := BadInput(m.Info.URI, "schema", fmt.Errorf("schema differs from %s's:\n%s\nversus\n%s",
+				ref.Info.URI, sc, d.Schema))
+			if spec.OnError == Raise {
+				return nil, err
+			}
+			d.Skipped = append(d.Skipped, err)
+			continue
+		}
+		fi := len(d.Files)
+		d.Files = append(d.Files, m)
+		for bi, b := range m.Blocks {
+			d.Blocks = append(d.Blocks, BlockRef{File: fi, Index: bi, Rows: b.Rows})
+			d.Rows += b.Rows
+		}
+	}
+	if d.Schema == nil {
+		return nil, errors.Join(append([]error{fmt.Errorf("%w: no readable files", ErrBadInput)}, d.Skipped...)...)
+	}
+	return d, nil
+}
+
+func nilIfEmpty(s []string) []string {
+	if len(s) == 0 {
+		return nil
+	}
+	return s
+}
+
+func isInputError(err error) bool {
+	var ie *InputError
+	return errors.As(err, &ie)
+}
+
+func inspect(ctx context.Context, store Store, format Format, info FileInfo, opts map[string]string) (*FileMeta, error) {
+	f, err := store.Open(ctx, info)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return format.Inspect(ctx, f, info, opts)
+}
+
+// BlockRows returns every block's row count in dataset order: the input of
+// the epoch plan.
+func (d *Dataset) BlockRows() []int64 {
+	rows := make([]int64, len(d.Blocks))
+	for i, b := range d.Blocks {
+		rows[i] = b.Rows
+	}
+	return rows
+}
+
+// ReadBlock decodes block i of the dataset (an index into Blocks).
+func (d *Dataset) ReadBlock(ctx context.Context, i int, mem memory.Allocator) (arrow.RecordBatch, error) {
+	b := d.Blocks[i]
+	m := d.Files[b.File]
+	f, err := d.store.Open(ctx, m.Info)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	rec, err := d.format.ReadBlock(ctx, f, m, b.Index, nilIfEmpty(d.Spec.Columns), mem)
+	if err != nil {
+		return nil, err
+	}
+	if !rec.Schema().Equal(d.Schema) {
+		rec.Release()
+		return nil, BadInput(m.Info.URI, fmt.Sprintf("block %d", b.Index), errors.New("block schema differs from the file's"))
+	}
+	return rec, nil
+}
+
+// BlockURI names block i's file, for errors and metrics.
+func (d *Dataset) BlockURI(i int) string { return d.Files[d.Blocks[i].File].Info.URI }
