@@ -22,7 +22,7 @@ type BlockRef struct {
 // It is immutable and safe for concurrent use.
 type Dataset struct {
 	Spec   Spec
-	Schema *arrow.Schema // of the selected columns
+	schema *arrow.Schema // of the selected columns
 	Files  []*FileMeta
 	Blocks []BlockRef // in file order
 	Rows   int64
@@ -101,10 +101,10 @@ func Open(ctx context.Context, spec Spec, opts OpenOptions) (*Dataset, error) {
 			return nil, fmt.Errorf("%s: %w", m.Info.URI, err)
 		}
 		if ref == nil {
-			ref, d.Schema = m, sc
-		} else if !sc.Equal(d.Schema) {
+			ref, d.schema = m, sc
+		} else if !sc.Equal(d.schema) {
 			err := BadInput(m.Info.URI, "schema", fmt.Errorf("schema differs from %s's:\n%s\nversus\n%s",
-				ref.Info.URI, sc, d.Schema))
+				ref.Info.URI, sc, d.schema))
 			if spec.OnError == Raise {
 				return nil, err
 			}
@@ -118,7 +118,7 @@ func Open(ctx context.Context, spec Spec, opts OpenOptions) (*Dataset, error) {
 			d.Rows += b.Rows
 		}
 	}
-	if d.Schema == nil {
+	if d.schema == nil {
 		return nil, errors.Join(append([]error{fmt.Errorf("%w: no readable files", ErrBadInput)}, d.Skipped...)...)
 	}
 	return d, nil
@@ -168,7 +168,7 @@ func (d *Dataset) ReadBlock(ctx context.Context, i int, mem memory.Allocator) (a
 	if err != nil {
 		return nil, err
 	}
-	if !rec.Schema().Equal(d.Schema) {
+	if !rec.Schema().Equal(d.schema) {
 		rec.Release()
 		return nil, BadInput(m.Info.URI, fmt.Sprintf("block %d", b.Index), errors.New("block schema differs from the file's"))
 	}
@@ -177,3 +177,6 @@ func (d *Dataset) ReadBlock(ctx context.Context, i int, mem memory.Allocator) (a
 
 // BlockURI names block i's file, for errors and metrics.
 func (d *Dataset) BlockURI(i int) string { return d.Files[d.Blocks[i].File].Info.URI }
+
+// Schema is the Arrow schema of every block's record batch.
+func (d *Dataset) Schema() *arrow.Schema { return d.schema }

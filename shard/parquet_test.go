@@ -104,7 +104,7 @@ func TestParquetColumnsAndSkip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := fieldNames(ds.Schema); got != "zip_code, latitude" {
+	if got := fieldNames(ds.Schema()); got != "zip_code, latitude" {
 		t.Fatalf("columns %q", got)
 	}
 	if ds.Rows != 42049 || len(ds.Blocks) != 6 {

@@ -1,0 +1,241 @@
+package prefetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/loaderd/loaderd/shard"
+)
+
+// run owns the stream's work: a fetcher that walks the plan's windows and asks
+// for their blocks, ReadAhead readers that read them through the shared pool,
+// and the assembler (this goroutine) that turns windows into batches.
+func (p *producer) run(ctx context.Context) {
+	defer close(p.s.out)
+	if p.from >= p.plan.Len() {
+		return
+	}
+	jobs := make(chan job, 1)
+	reqs := make(chan *future)
+	fctx, fcancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { p.fetch(fctx, jobs, reqs) })
+	for range p.opts.ReadAhead {
+		wg.Go(func() { p.read(fctx, reqs) })
+	}
+	err := p.assemble(ctx, jobs)
+	fcancel()
+	wg.Wait()
+	// Whatever was read ahead and not used.
+	for j := range jobs {
+		for _, f := range j.futures {
+			f.release()
+		}
+	}
+	if err != nil && ctx.Err() == nil {
+		p.s.out <- item{err: err} // the queue has room: nothing was sent after the error
+	}
+}
+
+// fetch walks the windows from the start sample on. A window's first segment
+// that continues the previous window's last block gets no future: the
+// assembler still holds that block.
+func (p *producer) fetch(ctx context.Context, jobs chan<- job, reqs chan<- *future) {
+	defer close(jobs)
+	defer close(reqs)
+	prevLast := -1
+	for k := p.from; k < p.plan.Len(); {
+		w, err := p.plan.Window(k)
+		if err != nil {
+			panic(fmt.Sprintf("prefetch: plan has no window at %d of %d: %v", k, p.plan.Len(), err))
+		}
+		j := job{w: w, futures: make([]*future, len(w.Segments))}
+		for i, seg := range w.Segments {
+			if i == 0 && seg.Block == prevLast {
+				continue
+			}
+			j.futures[i] = &future{block: seg.Block, done: make(chan struct{})}
+		}
+		select {
+		case jobs <- j:
+		case <-ctx.Done():
+			return
+		}
+		for _, f := range j.futures {
+			if f == nil {
+				continue
+			}
+			select {
+			case reqs <- f:
+			case <-ctx.Done():
+				return
+			}
+		}
+		if n := len(w.Segments); n > 0 {
+			prevLast = w.Segments[n-1].Block
+		}
+		k = w.First + w.Len
+	}
+}
+
+func (p *producer) read(ctx context.Context, reqs <-chan *future) {
+	for f := range reqs {
+		err := p.opts.Pool.do(ctx, func() {
+			defer func() {
+				if r := recover(); r != nil {
+					f.err = fmt.Errorf("prefetch: reading block %d panicked: %v", f.block, r)
+				}
+			}()
+			f.rec, f.err = p.src.ReadBlock(ctx, f.block, p.opts.Mem)
+		})
+		if err != nil {
+			f.err = err
+		}
+		close(f.done)
+	}
+}
+
+func (f *future) release() {
+	if f == nil {
+		return
+	}
+	select {
+	case <-f.done:
+		if f.rec != nil {
+			f.rec.Release()
+			f.rec = nil
+		}
+	default: // never read
+	}
+}
+
+// assemble turns windows into batches, in plan order.
+func (p *producer) assemble(ctx context.Context, jobs <-chan job) error {
+	var held *future
+	defer func() { held.release() }()
+	b := &batcher{opts: &p.opts, emit: func(bt *Batch) error {
+		select {
+		case p.s.out <- item{b: bt}:
+			return nil
+		case <-ctx.Done():
+			bt.Record.Release()
+			return ctx.Err()
+		}
+	}}
+	defer b.release()
+	for {
+		var j job
+		var ok bool
+		select {
+		case j, ok = <-jobs:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if !ok {
+			break
+		}
+		futs := make([]*future, len(j.futures))
+		for i, f := range j.futures {
+			if f == nil {
+				f = held
+			}
+			futs[i] = f
+			select {
+			case <-f.done:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			if f.err != nil && j.futures[i] != nil {
+				var ie *shard.InputError
+				if p.opts.OnError != shard.Skip || !errors.As(f.err, &ie) {
+					return f.err
+				}
+				p.s.skipped.Add(1)
+				p.opts.Logger.Warn("skipping bad block", "err", f.err)
+			}
+		}
+		err := p.window(j.w, futs, b)
+		// Keep the window's last block: the next window may continue it.
+		last := futs[len(futs)-1]
+		for _, f := range futs {
+			if f != last {
+				f.release()
+			}
+		}
+		if held != last {
+			held.release()
+		}
+		held = last
+		if err != nil {
+			return err
+		}
+	}
+	return b.flush(true)
+}
+
+// window hands the batcher the window's rows in plan order, from the start
+// sample on, leaving out the rows of skipped blocks.
+func (p *producer) window(w shard.Window, futs []*future, b *batcher) error {
+	skip := max(0, p.from-w.First) // samples before the start, in the first window
+	// offs[i]: window-local index of segment i's first row.
+	offs := make([]int64, len(w.Segments)+1)
+	for i, s := range w.Segments {
+		offs[i+1] = offs[i] + s.Hi - s.Lo
+	}
+	if w.Perm == nil {
+		for i, s := range w.Segments {
+			lo, hi := max(offs[i], skip), offs[i+1]
+			if lo >= hi || futs[i].rec == nil {
+				continue
+			}
+			rec := futs[i].rec.NewSlice(s.Lo+lo-offs[i], s.Lo+hi-offs[i])
+			planned := make([]int64, hi-lo)
+			for t := range planned {
+				planned[t] = w.First + lo + int64(t)
+			}
+			if err := b.add(piece{rec: rec, planned: planned, padding: w.Padding}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// Shuffled: concatenate the window's rows, then take them in Perm order.
+	var parts []arrow.RecordBatch
+	woff := make([]int64, len(w.Segments)) // row of W where segment i starts; -1 if skipped
+	var n int64
+	for i, s := range w.Segments {
+		if futs[i].rec == nil {
+			woff[i] = -1
+			continue
+		}
+		woff[i] = n
+		n += s.Hi - s.Lo
+		parts = append(parts, futs[i].rec.NewSlice(s.Lo, s.Hi))
+	}
+	if len(parts) == 0 {
+		return nil
+	}
+	whole, err := concatRecords(parts, p.opts.Mem)
+	for _, r := range parts {
+		r.Release()
+	}
+	if err != nil {
+		return err
+	}
+	idx := make([]int32, 0, w.Len-skip)
+	planned := make([]int64, 0, w.Len-skip)
+	for t := skip; t < w.Len; t++ {
+		src := int64(w.Perm[t])
+		i := sort.Search(len(w.Segments), func(i int) bool { return offs[i+1] > src })
+		if woff[i] < 0 {
+			continue
+		}
+		idx = append(idx, int32(woff[i]+src-offs[i]))
+		planned = append(planned, w.First+t)
+	}
+	return b.add(piece{rec: whole, idx: idx, planned: planned, padding: w.Padding})
+}
