@@ -28,6 +28,9 @@ type Dataset struct {
 	Rows   int64
 	// Skipped lists files left out under OnError Skip, with why.
 	Skipped []error
+	// Listed is every file the spec named when it was opened, skipped or not:
+	// a dataset is current while List returns the same.
+	Listed []FileInfo
 
 	store  Store
 	format Format
@@ -52,19 +55,9 @@ func Open(ctx context.Context, spec Spec, opts OpenOptions) (*Dataset, error) {
 	if !ok {
 		return nil, Invalidf("unknown format %q", spec.Format)
 	}
-	var infos []FileInfo
-	seen := map[string]bool{}
-	for _, u := range spec.URIs {
-		matched, err := opts.Store.Glob(ctx, u)
-		if err != nil {
-			return nil, err
-		}
-		for _, m := range matched {
-			if !seen[m.URI] {
-				seen[m.URI] = true
-				infos = append(infos, m)
-			}
-		}
+	infos, err := List(ctx, spec, opts.Store)
+	if err != nil {
+		return nil, err
 	}
 	metas := make([]*FileMeta, len(infos))
 	errs := make([]error, len(infos))
@@ -86,7 +79,7 @@ func Open(ctx context.Context, spec Spec, opts OpenOptions) (*Dataset, error) {
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	d := &Dataset{Spec: spec, store: opts.Store, format: format}
+	d := &Dataset{Spec: spec, Listed: infos, store: opts.Store, format: format}
 	var ref *FileMeta
 	for i, m := range metas {
 		if errs[i] != nil {
@@ -122,6 +115,25 @@ func Open(ctx context.Context, spec Spec, opts OpenOptions) (*Dataset, error) {
 		return nil, errors.Join(append([]error{fmt.Errorf("%w: no readable files", ErrBadInput)}, d.Skipped...)...)
 	}
 	return d, nil
+}
+
+// List returns the files a spec names, in order, without duplicates.
+func List(ctx context.Context, spec Spec, store Store) ([]FileInfo, error) {
+	var infos []FileInfo
+	seen := map[string]bool{}
+	for _, u := range spec.URIs {
+		matched, err := store.Glob(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range matched {
+			if !seen[m.URI] {
+				seen[m.URI] = true
+				infos = append(infos, m)
+			}
+		}
+	}
+	return infos, nil
 }
 
 func nilIfEmpty(s []string) []string {

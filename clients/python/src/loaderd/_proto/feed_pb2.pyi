@@ -28,9 +28,7 @@ class _OnError:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
 
-class _OnErrorEnumTypeWrapper(
-    _enum_type_wrapper._EnumTypeWrapper[_OnError.ValueType], _builtins.type
-):
+class _OnErrorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OnError.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ON_ERROR_UNSPECIFIED: _OnError.ValueType  # 0
     """Same as ON_ERROR_RAISE."""
@@ -53,9 +51,7 @@ class _ShardMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
 
-class _ShardModeEnumTypeWrapper(
-    _enum_type_wrapper._EnumTypeWrapper[_ShardMode.ValueType], _builtins.type
-):
+class _ShardModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ShardMode.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SHARD_MODE_UNSPECIFIED: _ShardMode.ValueType  # 0
     """Same as SHARD_MODE_EVEN."""
@@ -78,9 +74,7 @@ class _Transport:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
 
-class _TransportEnumTypeWrapper(
-    _enum_type_wrapper._EnumTypeWrapper[_Transport.ValueType], _builtins.type
-):
+class _TransportEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Transport.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     TRANSPORT_UNSPECIFIED: _Transport.ValueType  # 0
     """The daemon chooses."""
@@ -160,20 +154,7 @@ class DatasetSpec(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["shuffle", b"shuffle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "columns",
-        b"columns",
-        "format",
-        b"format",
-        "on_error",
-        b"on_error",
-        "options",
-        b"options",
-        "shuffle",
-        b"shuffle",
-        "uris",
-        b"uris",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "format", b"format", "on_error", b"on_error", "options", b"options", "shuffle", b"shuffle", "uris", b"uris"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -248,18 +229,7 @@ class DescribeResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "arrow_schema",
-        b"arrow_schema",
-        "fingerprint",
-        b"fingerprint",
-        "num_blocks",
-        b"num_blocks",
-        "num_files",
-        b"num_files",
-        "num_rows",
-        b"num_rows",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_schema", b"arrow_schema", "fingerprint", b"fingerprint", "num_blocks", b"num_blocks", "num_files", b"num_files", "num_rows", b"num_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -283,15 +253,11 @@ class StreamRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "open", b"open"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "ack", b"ack", "kind", b"kind", "open", b"open"
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "open", b"open"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["open", "ack"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
-    def WhichOneof(
-        self, oneof_group: _WhichOneofArgType_kind
-    ) -> _WhichOneofReturnType_kind | None: ...
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___StreamRequest: _TypeAlias = StreamRequest  # noqa: Y015
 
@@ -338,28 +304,7 @@ class OpenStream(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "batch_size",
-        b"batch_size",
-        "dataset",
-        b"dataset",
-        "drop_last",
-        b"drop_last",
-        "epoch",
-        b"epoch",
-        "job",
-        b"job",
-        "mode",
-        b"mode",
-        "rank",
-        b"rank",
-        "start_sample",
-        b"start_sample",
-        "transport",
-        b"transport",
-        "world_size",
-        b"world_size",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "dataset", b"dataset", "drop_last", b"drop_last", "epoch", b"epoch", "job", b"job", "mode", b"mode", "rank", b"rank", "start_sample", b"start_sample", "transport", b"transport", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -400,19 +345,13 @@ class StreamResponse(_message.Message):
         header: Global___StreamHeader | None = ...,
         batch: Global___Batch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal[
-        "batch", b"batch", "header", b"header", "kind", b"kind"
-    ]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "header", b"header", "kind", b"kind"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "batch", b"batch", "header", b"header", "kind", b"kind"
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "header", b"header", "kind", b"kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["header", "batch"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
-    def WhichOneof(
-        self, oneof_group: _WhichOneofArgType_kind
-    ) -> _WhichOneofReturnType_kind | None: ...
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___StreamResponse: _TypeAlias = StreamResponse  # noqa: Y015
 
@@ -447,20 +386,7 @@ class StreamHeader(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "arrow_schema",
-        b"arrow_schema",
-        "num_samples",
-        b"num_samples",
-        "padding_samples",
-        b"padding_samples",
-        "session_id",
-        b"session_id",
-        "start_sample",
-        b"start_sample",
-        "transport",
-        b"transport",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_schema", b"arrow_schema", "num_samples", b"num_samples", "padding_samples", b"padding_samples", "session_id", b"session_id", "start_sample", b"start_sample", "transport", b"transport"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -475,6 +401,7 @@ class Batch(_message.Message):
     NUM_ROWS_FIELD_NUMBER: _builtins.int
     PADDING_ROWS_FIELD_NUMBER: _builtins.int
     ARROW_IPC_FIELD_NUMBER: _builtins.int
+    NEXT_SAMPLE_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     first_sample: _builtins.int
     """Index of the batch's first sample within this rank's epoch."""
@@ -483,6 +410,10 @@ class Batch(_message.Message):
     """Trailing rows of this batch that are padding."""
     arrow_ipc: _builtins.bytes
     """Arrow IPC record-batch message."""
+    next_sample: _builtins.int
+    """The sample to resume at after this batch: first_sample + num_rows, or
+    further when rows of bad input were skipped.
+    """
     def __init__(
         self,
         *,
@@ -491,21 +422,11 @@ class Batch(_message.Message):
         num_rows: _builtins.int = ...,
         padding_rows: _builtins.int = ...,
         arrow_ipc: _builtins.bytes = ...,
+        next_sample: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "arrow_ipc",
-        b"arrow_ipc",
-        "first_sample",
-        b"first_sample",
-        "num_rows",
-        b"num_rows",
-        "padding_rows",
-        b"padding_rows",
-        "seq",
-        b"seq",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_ipc", b"arrow_ipc", "first_sample", b"first_sample", "next_sample", b"next_sample", "num_rows", b"num_rows", "padding_rows", b"padding_rows", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -546,9 +467,7 @@ class StatusResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "sessions", b"sessions", "uptime_seconds", b"uptime_seconds", "version", b"version"
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sessions", b"sessions", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -594,28 +513,7 @@ class SessionStatus(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "batches_per_second",
-        b"batches_per_second",
-        "batches_sent",
-        b"batches_sent",
-        "bytes_sent",
-        b"bytes_sent",
-        "epoch",
-        b"epoch",
-        "job",
-        b"job",
-        "queue_depth",
-        b"queue_depth",
-        "rank",
-        b"rank",
-        "rows_sent",
-        b"rows_sent",
-        "session_id",
-        b"session_id",
-        "world_size",
-        b"world_size",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches_per_second", b"batches_per_second", "batches_sent", b"batches_sent", "bytes_sent", b"bytes_sent", "epoch", b"epoch", "job", b"job", "queue_depth", b"queue_depth", "rank", b"rank", "rows_sent", b"rows_sent", "session_id", b"session_id", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -655,9 +553,7 @@ class VersionResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "commit", b"commit", "go_version", b"go_version", "version", b"version"
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit", "go_version", b"go_version", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

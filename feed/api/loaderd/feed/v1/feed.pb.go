@@ -866,7 +866,10 @@ type Batch struct {
 	// Trailing rows of this batch that are padding.
 	PaddingRows int64 `protobuf:"varint,4,opt,name=padding_rows,json=paddingRows,proto3" json:"padding_rows,omitempty"`
 	// Arrow IPC record-batch message.
-	ArrowIpc      []byte `protobuf:"bytes,5,opt,name=arrow_ipc,json=arrowIpc,proto3" json:"arrow_ipc,omitempty"`
+	ArrowIpc []byte `protobuf:"bytes,5,opt,name=arrow_ipc,json=arrowIpc,proto3" json:"arrow_ipc,omitempty"`
+	// The sample to resume at after this batch: first_sample + num_rows, or
+	// further when rows of bad input were skipped.
+	NextSample    int64 `protobuf:"varint,6,opt,name=next_sample,json=nextSample,proto3" json:"next_sample,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -934,6 +937,13 @@ func (x *Batch) GetArrowIpc() []byte {
 		return x.ArrowIpc
 	}
 	return nil
+}
+
+func (x *Batch) GetNextSample() int64 {
+	if x != nil {
+		return x.NextSample
+	}
+	return 0
 }
 
 type StatusRequest struct {
@@ -1305,13 +1315,15 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"numSamples\x12!\n" +
 	"\fstart_sample\x18\x04 \x01(\x03R\vstartSample\x12'\n" +
 	"\x0fpadding_samples\x18\x05 \x01(\x03R\x0epaddingSamples\x128\n" +
-	"\ttransport\x18\x06 \x01(\x0e2\x1a.loaderd.feed.v1.TransportR\ttransport\"\x97\x01\n" +
+	"\ttransport\x18\x06 \x01(\x0e2\x1a.loaderd.feed.v1.TransportR\ttransport\"\xb8\x01\n" +
 	"\x05Batch\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12!\n" +
 	"\ffirst_sample\x18\x02 \x01(\x03R\vfirstSample\x12\x19\n" +
 	"\bnum_rows\x18\x03 \x01(\x03R\anumRows\x12!\n" +
 	"\fpadding_rows\x18\x04 \x01(\x03R\vpaddingRows\x12\x1b\n" +
-	"\tarrow_ipc\x18\x05 \x01(\fR\barrowIpc\"\x0f\n" +
+	"\tarrow_ipc\x18\x05 \x01(\fR\barrowIpc\x12\x1f\n" +
+	"\vnext_sample\x18\x06 \x01(\x03R\n" +
+	"nextSample\"\x0f\n" +
 	"\rStatusRequest\"\x8d\x01\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +

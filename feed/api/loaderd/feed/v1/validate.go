@@ -1,0 +1,99 @@
+package feedv1
+
+// Hand-written request validation, run by go-grpc-middleware's validator
+// interceptor on every request before a handler sees it. It checks shape and
+// bounds only; whether files exist is the daemon's business.
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Bounds on request fields, so one request cannot ask for unbounded work.
+const (
+	MaxURIs       = 100_000
+	MaxURILen     = 4096
+	MaxColumns    = 10_000
+	MaxWorldSize  = 1 << 20
+	MaxBatchSize  = 1 << 24
+	MaxOptions    = 256
+	MaxOptionSize = 64 << 10
+	MaxJobName    = 256
+)
+
+// Validate implements the validator interceptor's interface.
+func (d *DatasetSpec) Validate() error {
+	if d == nil {
+		return errors.New("dataset is required")
+	}
+	if d.GetFormat() == "" {
+		return errors.New("dataset.format is required")
+	}
+	if n := len(d.GetUris()); n == 0 || n > MaxURIs {
+		return fmt.Errorf("dataset.uris: %d paths, want 1..%d", n, MaxURIs)
+	}
+	for _, u := range d.GetUris() {
+		if u == "" || len(u) > MaxURILen {
+			return fmt.Errorf("dataset.uris: path of %d bytes, want 1..%d", len(u), MaxURILen)
+		}
+	}
+	if len(d.GetColumns()) > MaxColumns {
+		return fmt.Errorf("dataset.columns: %d columns, at most %d", len(d.GetColumns()), MaxColumns)
+	}
+	if len(d.GetOptions()) > MaxOptions {
+		return fmt.Errorf("dataset.options: %d options, at most %d", len(d.GetOptions()), MaxOptions)
+	}
+	for k, v := range d.GetOptions() {
+		if len(k)+len(v) > MaxOptionSize {
+			return fmt.Errorf("dataset.options[%q]: larger than %d bytes", k, MaxOptionSize)
+		}
+	}
+	if d.GetShuffle().GetWindowRows() < 0 {
+		return errors.New("dataset.shuffle.window_rows must not be negative")
+	}
+	return nil
+}
+
+// Validate implements the validator interceptor's interface.
+func (r *DescribeRequest) Validate() error { return r.GetDataset().Validate() }
+
+// Validate implements the validator interceptor's interface.
+func (r *StreamRequest) Validate() error {
+	switch k := r.GetKind().(type) {
+	case *StreamRequest_Open:
+		return k.Open.Validate()
+	case *StreamRequest_Ack:
+		if k.Ack.GetSeq() < 0 {
+			return errors.New("ack.seq must not be negative")
+		}
+		return nil
+	default:
+		return errors.New("stream request is empty")
+	}
+}
+
+// Validate implements the validator interceptor's interface.
+func (o *OpenStream) Validate() error {
+	if err := o.GetDataset().Validate(); err != nil {
+		return err
+	}
+	if w := o.GetWorldSize(); w < 1 || w > MaxWorldSize {
+		return fmt.Errorf("world_size %d, want 1..%d", w, MaxWorldSize)
+	}
+	if r := o.GetRank(); r < 0 || r >= o.GetWorldSize() {
+		return fmt.Errorf("rank %d is outside world size %d", r, o.GetWorldSize())
+	}
+	if b := o.GetBatchSize(); b < 1 || b > MaxBatchSize {
+		return fmt.Errorf("batch_size %d, want 1..%d", b, MaxBatchSize)
+	}
+	if o.GetEpoch() < 0 {
+		return fmt.Errorf("epoch %d is negative", o.GetEpoch())
+	}
+	if o.GetStartSample() < 0 {
+		return fmt.Errorf("start_sample %d is negative", o.GetStartSample())
+	}
+	if len(o.GetJob()) > MaxJobName {
+		return fmt.Errorf("job name longer than %d bytes", MaxJobName)
+	}
+	return nil
+}

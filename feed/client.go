@@ -1,0 +1,201 @@
+package feed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	feedv1 "github.com/loaderd/loaderd/feed/api/loaderd/feed/v1"
+	"github.com/loaderd/loaderd/shard"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// Client talks to a daemon over its Unix socket. It is what `loaderd demo`,
+// `loaderd status`, the tests and the benchmarks use; trainers use the Python
+// client.
+type Client struct {
+	conn *grpc.ClientConn
+	api  feedv1.FeedClient
+	mem  memory.Allocator
+}
+
+// Dial connects to the daemon at socket ("" means DefaultSocket). It does not
+// wait: the first call fails if no daemon listens.
+func Dial(socket string) (*Client, error) {
+	if socket == "" {
+		socket = DefaultSocket()
+	}
+	conn, err := grpc.NewClient("unix://"+socket,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30), grpc.MaxCallSendMsgSize(16<<20)))
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", socket, err)
+	}
+	return &Client{conn: conn, api: feedv1.NewFeedClient(conn), mem: memory.DefaultAllocator}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// DatasetInfo describes an opened dataset.
+type DatasetInfo struct {
+	Schema              *arrow.Schema
+	Rows, Files, Blocks int64
+	Fingerprint         string
+}
+
+// Describe opens a dataset on the daemon and describes it.
+func (c *Client) Describe(ctx context.Context, spec shard.Spec) (DatasetInfo, error) {
+	resp, err := c.api.Describe(ctx, &feedv1.DescribeRequest{Dataset: specToProto(spec)})
+	if err != nil {
+		return DatasetInfo{}, err
+	}
+	r, err := decodeSchema(resp.GetArrowSchema(), c.mem)
+	if err != nil {
+		return DatasetInfo{}, err
+	}
+	return DatasetInfo{Schema: r, Rows: resp.GetNumRows(), Files: resp.GetNumFiles(),
+		Blocks: resp.GetNumBlocks(), Fingerprint: resp.GetFingerprint()}, nil
+}
+
+// StreamRequest asks for one rank's batches of one epoch.
+type StreamRequest struct {
+	Spec        shard.Spec
+	Rank, World int
+	Mode        shard.Mode
+	Epoch       int64
+	BatchSize   int
+	DropLast    bool
+	StartSample int64
+	Job         string
+}
+
+// BatchReader reads a stream's batches.
+type BatchReader struct {
+	stream     grpc.BidiStreamingClient[feedv1.StreamRequest, feedv1.StreamResponse]
+	dec        *decoder
+	cancel     context.CancelFunc
+	NumSamples int64 // in the rank's epoch, padding included
+	Padding    int64
+	SessionID  string
+}
+
+// ClientBatch is one received batch; the caller releases Record.
+type ClientBatch struct {
+	Record            arrow.RecordBatch
+	Seq, First, Next  int64
+	Padding, IPCBytes int64
+}
+
+// Stream opens a session and returns its reader; Close it when done.
+func (c *Client) Stream(ctx context.Context, req StreamRequest) (*BatchReader, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	st, err := c.api.Stream(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if err := st.Send(&feedv1.StreamRequest{Kind: &feedv1.StreamRequest_Open{Open: &feedv1.OpenStream{
+		Dataset: specToProto(req.Spec), Rank: int32(req.Rank), WorldSize: int32(req.World),
+		Mode: modeToProto(req.Mode), Epoch: req.Epoch, BatchSize: int32(req.BatchSize),
+		DropLast: req.DropLast, StartSample: req.StartSample, Job: req.Job,
+		Transport: feedv1.Transport_TRANSPORT_GRPC,
+	}}}); err != nil {
+		cancel()
+		return nil, recvErr(st, err)
+	}
+	first, err := st.Recv()
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	h := first.GetHeader()
+	if h == nil {
+		cancel()
+		return nil, errors.New("feed: stream did not start with a header")
+	}
+	return &BatchReader{stream: st, dec: newDecoder(h.GetArrowSchema(), c.mem), cancel: cancel,
+		NumSamples: h.GetNumSamples(), Padding: h.GetPaddingSamples(), SessionID: h.GetSessionId()}, nil
+}
+
+// recvErr returns the stream's own error when a send failed because the
+// server already ended it.
+func recvErr(st grpc.BidiStreamingClient[feedv1.StreamRequest, feedv1.StreamResponse], err error) error {
+	if errors.Is(err, io.EOF) {
+		if _, rerr := st.Recv(); rerr != nil {
+			return rerr
+		}
+	}
+	return err
+}
+
+// Next returns the next batch, or io.EOF after the last.
+func (r *BatchReader) Next() (*ClientBatch, error) {
+	m, err := r.stream.Recv()
+	if err != nil {
+		return nil, err
+	}
+	b := m.GetBatch()
+	if b == nil {
+		return nil, errors.New("feed: expected a batch")
+	}
+	rec, err := r.dec.decode(b.GetArrowIpc())
+	if err != nil {
+		return nil, err
+	}
+	return &ClientBatch{Record: rec, Seq: b.GetSeq(), First: b.GetFirstSample(), Next: b.GetNextSample(),
+		Padding: b.GetPaddingRows(), IPCBytes: int64(len(b.GetArrowIpc()))}, nil
+}
+
+// Close ends the session.
+func (r *BatchReader) Close() {
+	r.cancel()
+	r.dec.close()
+}
+
+// SessionReport is one row of a status report.
+type SessionReport struct {
+	ID, Job              string
+	Rank, World          int
+	Epoch                int64
+	Batches, Rows, Bytes int64
+	BatchesPerSecond     float64
+	QueueDepth           int
+}
+
+// StatusReport is what `loaderd status` shows.
+type StatusReport struct {
+	Version  string
+	Uptime   float64
+	Sessions []SessionReport
+}
+
+// Status asks the daemon for its status.
+func (c *Client) Status(ctx context.Context) (StatusReport, error) {
+	resp, err := c.api.Status(ctx, &feedv1.StatusRequest{})
+	if err != nil {
+		return StatusReport{}, err
+	}
+	r := StatusReport{Version: resp.GetVersion(), Uptime: resp.GetUptimeSeconds()}
+	for _, s := range resp.GetSessions() {
+		r.Sessions = append(r.Sessions, SessionReport{
+			ID: s.GetSessionId(), Job: s.GetJob(), Rank: int(s.GetRank()), World: int(s.GetWorldSize()),
+			Epoch: s.GetEpoch(), Batches: s.GetBatchesSent(), Rows: s.GetRowsSent(), Bytes: s.GetBytesSent(),
+			BatchesPerSecond: s.GetBatchesPerSecond(), QueueDepth: int(s.GetQueueDepth()),
+		})
+	}
+	return r, nil
+}
+
+// Version asks the daemon for its version.
+func (c *Client) Version(ctx context.Context) (string, error) {
+	resp, err := c.api.Version(ctx, &feedv1.VersionRequest{})
+	if err != nil {
+		return "", err
+	}
+	return resp.GetVersion(), nil
+}
