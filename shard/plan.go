@@ -246,4 +246,3 @@ func (r *rng) below(n uint64) uint64 {
 	}
 	return hi
 }
-
