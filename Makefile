@@ -16,6 +16,7 @@ PY_PROTO    := clients/python/src/loaderd/_proto
 # Pinned generators: the committed stubs are byte-identical wherever they are made.
 PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+GOLANGCI_LINT      := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 GO_TEST_FLAGS ?= -race -count=1 -timeout 20m
 
 .PHONY: all build demo test test-go test-py protos protos-check lint bench venv deps clean
@@ -52,10 +53,11 @@ protos: venv $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
 	  --go-grpc_out=paths=source_relative:feed/api \
 	  $(PROTO_DIR)/*.proto
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I $(PROTO_DIR) \
-	  --python_out=$(PY_PROTO) --grpc_python_out=$(PY_PROTO) --mypy_out=$(PY_PROTO) \
+	  --python_out=$(PY_PROTO) --grpc_python_out=$(PY_PROTO) \
+	  --mypy_out=$(PY_PROTO) --mypy_grpc_out=$(PY_PROTO) \
 	  $(PROTO_DIR)/*.proto
 	# Generated Python imports its siblings as top-level modules; make them relative.
-	sed -i -E 's/^import (\w+_pb2) as /from . import \1 as /' $(PY_PROTO)/*_pb2_grpc.py
+	sed -i -E 's/^import (\w+_pb2)( as \w+)?$$/from . import \1\2/' $(PY_PROTO)/*_pb2_grpc.py $(PY_PROTO)/*_pb2_grpc.pyi
 
 # Fails when the committed stubs differ from what `make protos` makes.
 protos-check: protos
@@ -64,17 +66,22 @@ protos-check: protos
 	@test -z "$$(git status --porcelain -- feed/api $(PY_PROTO))" || \
 	  { echo "generated stubs are not committed: run 'make protos' and commit"; exit 1; }
 
-lint: venv
-	gofmt -l . | (! grep .) || { echo "gofmt: files above need formatting"; exit 1; }
+$(TOOLS)/golangci-lint:
+	GOBIN=$(TOOLS) $(GO) install $(GOLANGCI_LINT)
+
+lint: venv $(TOOLS)/golangci-lint
+	gofmt -l $$(git ls-files '*.go') | (! grep .) || { echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
-	cd clients/python && ../../$(PY) -m ruff check src tests && ../../$(PY) -m ruff format --check src tests
+	$(TOOLS)/golangci-lint run ./...
+	$(PY) -m ruff check --config clients/python/pyproject.toml clients/python tests
+	$(PY) -m ruff format --check --config clients/python/pyproject.toml clients/python tests
 	cd clients/python && ../../$(PY) -m mypy --strict src
 
 test-go: deps
 	$(GO) test $(GO_TEST_FLAGS) ./...
 
 test-py: build venv
-	LOADERD_BIN=$(CURDIR)/bin/loaderd $(PY) -m pytest -q clients/python/tests tests
+	LOADERD_BIN=$(CURDIR)/bin/loaderd $(PY) -m pytest -q -c clients/python/pyproject.toml --rootdir . clients/python/tests tests
 
 test: protos-check lint test-go test-py
 

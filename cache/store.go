@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -98,7 +99,7 @@ func (f *file) load(idx int64) ([]byte, error) {
 	start := idx * f.s.chunk
 	buf := make([]byte, min(f.s.chunk, f.info.Size-start))
 	if m, err := inner.ReadAt(buf, start); m < len(buf) {
-		if err == nil || err == io.EOF {
+		if err == nil || errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF // the file shrank since it was listed
 		}
 		return nil, fmt.Errorf("%s: read bytes %d..%d: %w", f.info.URI, start, start+int64(len(buf)), err)

@@ -85,7 +85,7 @@ func (c *datasets) drop(key string, e *datasetEntry) {
 func (c *datasets) evictLocked() {
 	for len(c.entries) > c.max {
 		var oldest string
-		var at uint64 = ^uint64(0)
+		at := ^uint64(0)
 		for k, e := range c.entries {
 			if e.used < at {
 				oldest, at = k, e.used

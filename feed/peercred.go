@@ -11,7 +11,6 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
 )
 
 // PeerInfo is the AuthInfo of a connection: the peer's process credentials,
@@ -24,16 +23,6 @@ type PeerInfo struct {
 
 // AuthType implements credentials.AuthInfo.
 func (PeerInfo) AuthType() string { return "peercred" }
-
-// peerFrom returns the credentials of the peer of a call.
-func peerFrom(ctx context.Context) (PeerInfo, bool) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return PeerInfo{}, false
-	}
-	pi, ok := p.AuthInfo.(PeerInfo)
-	return pi, ok
-}
 
 // peerCreds admits a connection only from an allowed user: the daemon's own
 // uid, root, a listed uid, or a member (primary or supplementary) of a listed

@@ -176,7 +176,9 @@ func (s *Server) Serve(ctx context.Context, ready func()) error {
 		g.Stop()
 		<-stopped
 	}
-	<-errc
+	if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		s.log.Warn("serving ended", "err", err)
+	}
 	return nil
 }
 

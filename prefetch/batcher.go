@@ -39,7 +39,7 @@ func (p piece) split(n int) (piece, piece) {
 }
 
 // materialize returns the piece's rows as a record batch, releasing the piece.
-func (p piece) materialize(mem memory.Allocator) (arrow.RecordBatch, error) {
+func (p piece) materialize(ctx context.Context, mem memory.Allocator) (arrow.RecordBatch, error) {
 	if p.idx == nil {
 		return p.rec, nil
 	}
@@ -47,7 +47,7 @@ func (p piece) materialize(mem memory.Allocator) (arrow.RecordBatch, error) {
 	indices := array.NewInt32Data(array.NewData(arrow.PrimitiveTypes.Int32, len(p.idx),
 		[]*memory.Buffer{nil, memory.NewBufferBytes(arrow.Int32Traits.CastToBytes(p.idx))}, nil, 0, 0))
 	defer indices.Release()
-	ctx := compute.WithAllocator(context.Background(), mem)
+	ctx = compute.WithAllocator(ctx, mem)
 	out, err := compute.Take(ctx, *compute.DefaultTakeOptions(), compute.NewDatumWithoutOwning(p.rec), compute.NewDatumWithoutOwning(indices))
 	if err != nil {
 		return nil, fmt.Errorf("prefetch: taking shuffled rows: %w", err)
@@ -57,6 +57,7 @@ func (p piece) materialize(mem memory.Allocator) (arrow.RecordBatch, error) {
 
 // batcher cuts pieces into batches of BatchSize rows.
 type batcher struct {
+	ctx     context.Context
 	opts    *Options
 	emit    func(*Batch) error
 	pending []piece
@@ -95,7 +96,6 @@ func (b *batcher) cut(n int) error {
 			head, tail := p.split(n - got)
 			b.pending[0] = tail
 			take = append(take, head)
-			got = n
 			break
 		}
 		take = append(take, p)
@@ -113,7 +113,7 @@ func (b *batcher) cut(n int) error {
 			bt.Padding += int64(p.rows())
 		}
 		var r arrow.RecordBatch
-		if r, err = p.materialize(b.opts.Mem); err != nil {
+		if r, err = p.materialize(b.ctx, b.opts.Mem); err != nil {
 			for _, q := range take[i+1:] {
 				q.rec.Release()
 			}

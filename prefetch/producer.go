@@ -117,7 +117,7 @@ func (f *future) release() {
 func (p *producer) assemble(ctx context.Context, jobs <-chan job) error {
 	var held *future
 	defer func() { held.release() }()
-	b := &batcher{opts: &p.opts, emit: func(bt *Batch) error {
+	b := &batcher{ctx: ctx, opts: &p.opts, emit: func(bt *Batch) error {
 		select {
 		case p.s.out <- item{b: bt}:
 			return nil

@@ -73,7 +73,7 @@ func drain(t *testing.T, src *memSource, rp *shard.RankPlan, from int64, opts Op
 	var d delivered
 	for {
 		b, err := s.Next(context.Background())
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return d, nil
 		}
 		if err != nil {

@@ -61,7 +61,9 @@ func TestParquetCorpora(t *testing.T) {
 					t.Fatalf("want %s, got %v", result, err)
 				}
 				var want int64
-				fmt.Sscanf(result[strings.Index(result, "rows="):], "rows=%d", &want)
+				if _, err := fmt.Sscanf(result[strings.Index(result, "rows="):], "rows=%d", &want); err != nil {
+					t.Fatalf("expectation %q: %v", result, err)
+				}
 				if n != want {
 					t.Fatalf("read %d rows, want %d", n, want)
 				}

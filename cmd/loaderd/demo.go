@@ -55,7 +55,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if c.keep {
 		fmt.Fprintf(stdout, "sample dataset kept in %s\n", dir)
 	} else {
-		defer os.RemoveAll(dir)
+		defer func() { _ = os.RemoveAll(dir) }()
 	}
 
 	start := time.Now()
@@ -78,7 +78,12 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	ready := make(chan struct{})
 	served := make(chan error, 1)
 	go func() { served <- d.srv.Serve(sctx, func() { close(ready) }) }()
-	defer func() { stop(); <-served }()
+	defer func() {
+		stop()
+		if err := <-served; err != nil {
+			fmt.Fprintln(stderr, "daemon:", err)
+		}
+	}()
 	select {
 	case <-ready:
 	case err := <-served:
@@ -254,7 +259,7 @@ func writeSampleFile(path string, sc *arrow.Schema, first, n, rowGroup int64) er
 		err := w.WriteBuffered(rec)
 		rec.Release()
 		if err != nil {
-			w.Close()
+			_ = w.Close()
 			return err
 		}
 	}

@@ -1,1 +1,43 @@
+"""loaderd: the Python client of the per-node data-loading daemon.
+
+    import loaderd
+    ds = loaderd.read_parquet("data/train/*.parquet", columns=["x", "label"]).shuffle(seed=42)
+    shard = loaderd.get_dataset_shard(ds)          # RANK / WORLD_SIZE from the launcher
+    for epoch in range(epochs):
+        for batch in shard.iter_batches(batch_size=256, epoch=epoch):
+            ...                                     # dict[str, numpy.ndarray]
+
+All reading, splitting, shuffling and decoding runs in the daemon (``loaderd
+serve``); the client only describes what it wants and receives batches.
+"""
+
+from loaderd._socket import default_socket
 from loaderd._version import __version__
+from loaderd.dataset import Dataset, Shard, get_dataset_shard, read_parquet
+from loaderd.errors import (
+    DaemonUnavailableError,
+    DataError,
+    InvalidArgumentError,
+    LoaderError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnsupportedError,
+)
+
+__all__ = [
+    "DaemonUnavailableError",
+    "DataError",
+    "Dataset",
+    "InvalidArgumentError",
+    "LoaderError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "Shard",
+    "UnsupportedError",
+    "__version__",
+    "default_socket",
+    "get_dataset_shard",
+    "read_parquet",
+]

@@ -1,0 +1,226 @@
+"""Datasets, shards and batch iteration: a thin, typed front to the daemon.
+
+A :class:`Dataset` is an immutable description (format, paths, columns,
+shuffle); nothing is read until it is iterated, counted or described. All
+reading, splitting and shuffling happens in the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from loaderd._client import Client
+from loaderd._formats import BATCH_FORMATS, format_batch
+from loaderd._proto import feed_pb2
+from loaderd.errors import InvalidArgumentError
+
+__all__ = ["Dataset", "Shard", "get_dataset_shard", "read_parquet"]
+
+ShardMode = Literal["even", "exact"]
+OnError = Literal["raise", "skip"]
+
+
+def _absolute(path: str) -> str:
+    if "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+@dataclass(frozen=True)
+class _Spec:
+    format: str
+    uris: tuple[str, ...]
+    columns: tuple[str, ...] = ()
+    seed: int | None = None
+    window_rows: int = 0
+    on_error: OnError = "raise"
+    options: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    def to_proto(self) -> feed_pb2.DatasetSpec:
+        spec = feed_pb2.DatasetSpec(
+            format=self.format,
+            uris=list(self.uris),
+            columns=list(self.columns),
+            on_error=feed_pb2.ON_ERROR_SKIP if self.on_error == "skip" else feed_pb2.ON_ERROR_RAISE,
+            options=dict(self.options),
+        )
+        if self.seed is not None:
+            spec.shuffle.seed = self.seed
+            spec.shuffle.window_rows = self.window_rows
+        return spec
+
+
+class Dataset:
+    """A dataset served by the loaderd daemon.
+
+    Make one with :func:`read_parquet`; derive others with :meth:`shuffle`;
+    split it with :meth:`shard`. Iterating the whole dataset
+    (:meth:`iter_batches`) is the same as iterating shard 0 of 1.
+    """
+
+    def __init__(self, spec: _Spec, client: Client) -> None:
+        self._spec = spec
+        self._client = client
+
+    def __repr__(self) -> str:
+        shuffle = f", shuffle(seed={self._spec.seed})" if self._spec.seed is not None else ""
+        return f"Dataset({self._spec.format}: {', '.join(self._spec.uris)}{shuffle})"
+
+    @property
+    def socket(self) -> str:
+        """The daemon socket this dataset talks to."""
+        return self._client.socket
+
+    def shuffle(self, seed: int, *, window_rows: int | None = None) -> Dataset:
+        """A seeded shuffle: blocks are permuted, then rows within windows of
+        ``window_rows`` consecutive samples of each rank. Each epoch gets its
+        own order; the same seed gives the same order on any machine."""
+        if not 0 <= seed < 2**64:
+            raise InvalidArgumentError(f"seed must be in [0, 2**64), got {seed}")
+        if window_rows is not None and window_rows < 1:
+            raise InvalidArgumentError(f"window_rows must be positive, got {window_rows}")
+        return Dataset(replace(self._spec, seed=seed, window_rows=window_rows or 0), self._client)
+
+    def shard(self, rank: int, world_size: int, mode: ShardMode = "even") -> Shard:
+        """Rank ``rank``'s share of each epoch, out of ``world_size`` ranks.
+
+        ``even``: every rank gets the same count, the shortfall padded by
+        repeating samples (so collective ops line up); ``exact``: every sample
+        exactly once, counts differ by at most one.
+        """
+        return Shard(self, rank, world_size, mode)
+
+    def count(self) -> int:
+        """Rows in the dataset (one epoch, unpadded)."""
+        return int(self._client.describe(self._spec.to_proto()).num_rows)
+
+    def schema(self) -> pa.Schema:
+        """The Arrow schema of the batches."""
+        resp = self._client.describe(self._spec.to_proto())
+        return pa.ipc.read_schema(pa.py_buffer(resp.arrow_schema))
+
+    def iter_batches(
+        self,
+        batch_size: int = 256,
+        *,
+        epoch: int = 0,
+        batch_format: str = "numpy",
+        drop_last: bool = False,
+    ) -> Iterator[Any]:
+        """Every row of the dataset, in batches (the shard of rank 0 of 1)."""
+        return self.shard(0, 1, "exact").iter_batches(
+            batch_size, epoch=epoch, batch_format=batch_format, drop_last=drop_last
+        )
+
+
+class Shard:
+    """One rank's view of a dataset. Iterate it once per epoch."""
+
+    def __init__(self, dataset: Dataset, rank: int, world_size: int, mode: ShardMode) -> None:
+        if world_size < 1:
+            raise InvalidArgumentError(f"world_size must be at least 1, got {world_size}")
+        if not 0 <= rank < world_size:
+            raise InvalidArgumentError(f"rank {rank} is outside world_size {world_size}")
+        if mode not in ("even", "exact"):
+            raise InvalidArgumentError(f"mode must be 'even' or 'exact', got {mode!r}")
+        self.dataset = dataset
+        self.rank = rank
+        self.world_size = world_size
+        self.mode: ShardMode = mode
+        self.job = os.environ.get("LOADERD_JOB", "")
+
+    def __repr__(self) -> str:
+        return f"Shard(rank={self.rank}, world_size={self.world_size}, mode={self.mode!r}, {self.dataset!r})"
+
+    def iter_batches(
+        self,
+        batch_size: int = 256,
+        *,
+        epoch: int = 0,
+        batch_format: str = "numpy",
+        drop_last: bool = False,
+        padding_column: str | None = None,
+    ) -> Iterator[Any]:
+        """This rank's batches of one epoch.
+
+        ``batch_format``: ``"numpy"`` (dict of column name to ndarray),
+        ``"pyarrow"`` (``pyarrow.Table``) or ``"pandas"`` (DataFrame).
+        In ``even`` mode the last rows of an epoch may repeat earlier samples;
+        ``padding_column="name"`` adds a boolean column that marks them.
+        """
+        if batch_size < 1:
+            raise InvalidArgumentError(f"batch_size must be positive, got {batch_size}")
+        if epoch < 0:
+            raise InvalidArgumentError(f"epoch must not be negative, got {epoch}")
+        if batch_format not in BATCH_FORMATS:
+            raise InvalidArgumentError(f"batch_format must be one of {BATCH_FORMATS}, got {batch_format!r}")
+        req = feed_pb2.OpenStream(
+            dataset=self.dataset._spec.to_proto(),
+            rank=self.rank,
+            world_size=self.world_size,
+            mode=feed_pb2.SHARD_MODE_EXACT if self.mode == "exact" else feed_pb2.SHARD_MODE_EVEN,
+            epoch=epoch,
+            batch_size=batch_size,
+            drop_last=drop_last,
+            job=self.job,
+        )
+        return self._iter(req, batch_format, padding_column)
+
+    def _iter(self, req: feed_pb2.OpenStream, batch_format: str, padding_column: str | None) -> Iterator[Any]:
+        stream = self.dataset._client.stream(req)
+        for rb, meta in stream:
+            if padding_column is not None:
+                n = rb.num_rows
+                mask = np.arange(n) >= n - meta.padding_rows
+                rb = rb.append_column(padding_column, pa.array(mask))
+            yield format_batch(rb, batch_format)
+
+
+def read_parquet(
+    paths: str | Sequence[str],
+    *,
+    columns: Sequence[str] | None = None,
+    on_error: OnError = "raise",
+    socket: str | None = None,
+) -> Dataset:
+    """A dataset of Parquet files: paths, directories or glob patterns (``**``
+    for any depth), read in sorted order; relative paths are taken from the
+    current directory. ``columns`` selects and orders top-level columns.
+    ``on_error="skip"`` skips unreadable files and blocks instead of raising.
+    """
+    uris = (paths,) if isinstance(paths, str) else tuple(paths)
+    if not uris:
+        raise InvalidArgumentError("read_parquet needs at least one path")
+    if on_error not in ("raise", "skip"):
+        raise InvalidArgumentError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    spec = _Spec(
+        format="parquet",
+        uris=tuple(_absolute(u) for u in uris),
+        columns=tuple(columns or ()),
+        on_error=on_error,
+    )
+    return Dataset(spec, Client(socket))
+
+
+def get_dataset_shard(ds: Dataset, mode: ShardMode = "even") -> Shard:
+    """This process's shard, from the ``RANK`` and ``WORLD_SIZE`` environment
+    variables that torchrun and most launchers set."""
+    missing = [v for v in ("RANK", "WORLD_SIZE") if v not in os.environ]
+    if missing:
+        raise InvalidArgumentError(
+            f"get_dataset_shard needs {' and '.join(missing)} in the environment "
+            "(set by torchrun); or call ds.shard(rank, world_size)"
+        )
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except ValueError:
+        raise InvalidArgumentError(
+            f"RANK={os.environ['RANK']!r} and WORLD_SIZE={os.environ['WORLD_SIZE']!r} must be integers"
+        ) from None
+    return ds.shard(rank, world, mode)
