@@ -154,20 +154,7 @@ class DatasetSpec(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["shuffle", b"shuffle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "columns",
-        b"columns",
-        "format",
-        b"format",
-        "on_error",
-        b"on_error",
-        "options",
-        b"options",
-        "shuffle",
-        b"shuffle",
-        "uris",
-        b"uris",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "format", b"format", "on_error", b"on_error", "options", b"options", "shuffle", b"shuffle", "uris", b"uris"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -242,18 +229,7 @@ class DescribeResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "arrow_schema",
-        b"arrow_schema",
-        "fingerprint",
-        b"fingerprint",
-        "num_blocks",
-        b"num_blocks",
-        "num_files",
-        b"num_files",
-        "num_rows",
-        b"num_rows",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_schema", b"arrow_schema", "fingerprint", b"fingerprint", "num_blocks", b"num_blocks", "num_files", b"num_files", "num_rows", b"num_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -328,28 +304,7 @@ class OpenStream(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "batch_size",
-        b"batch_size",
-        "dataset",
-        b"dataset",
-        "drop_last",
-        b"drop_last",
-        "epoch",
-        b"epoch",
-        "job",
-        b"job",
-        "mode",
-        b"mode",
-        "rank",
-        b"rank",
-        "start_sample",
-        b"start_sample",
-        "transport",
-        b"transport",
-        "world_size",
-        b"world_size",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "dataset", b"dataset", "drop_last", b"drop_last", "epoch", b"epoch", "job", b"job", "mode", b"mode", "rank", b"rank", "start_sample", b"start_sample", "transport", b"transport", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -431,20 +386,7 @@ class StreamHeader(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "arrow_schema",
-        b"arrow_schema",
-        "num_samples",
-        b"num_samples",
-        "padding_samples",
-        b"padding_samples",
-        "session_id",
-        b"session_id",
-        "start_sample",
-        b"start_sample",
-        "transport",
-        b"transport",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_schema", b"arrow_schema", "num_samples", b"num_samples", "padding_samples", b"padding_samples", "session_id", b"session_id", "start_sample", b"start_sample", "transport", b"transport"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -484,20 +426,7 @@ class Batch(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "arrow_ipc",
-        b"arrow_ipc",
-        "first_sample",
-        b"first_sample",
-        "next_sample",
-        b"next_sample",
-        "num_rows",
-        b"num_rows",
-        "padding_rows",
-        b"padding_rows",
-        "seq",
-        b"seq",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_ipc", b"arrow_ipc", "first_sample", b"first_sample", "next_sample", b"next_sample", "num_rows", b"num_rows", "padding_rows", b"padding_rows", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -538,9 +467,7 @@ class StatusResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "sessions", b"sessions", "uptime_seconds", b"uptime_seconds", "version", b"version"
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sessions", b"sessions", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -586,28 +513,7 @@ class SessionStatus(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "batches_per_second",
-        b"batches_per_second",
-        "batches_sent",
-        b"batches_sent",
-        "bytes_sent",
-        b"bytes_sent",
-        "epoch",
-        b"epoch",
-        "job",
-        b"job",
-        "queue_depth",
-        b"queue_depth",
-        "rank",
-        b"rank",
-        "rows_sent",
-        b"rows_sent",
-        "session_id",
-        b"session_id",
-        "world_size",
-        b"world_size",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches_per_second", b"batches_per_second", "batches_sent", b"batches_sent", "bytes_sent", b"bytes_sent", "epoch", b"epoch", "job", b"job", "queue_depth", b"queue_depth", "rank", b"rank", "rows_sent", b"rows_sent", "session_id", b"session_id", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -647,9 +553,7 @@ class VersionResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "commit", b"commit", "go_version", b"go_version", "version", b"version"
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit", "go_version", b"go_version", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

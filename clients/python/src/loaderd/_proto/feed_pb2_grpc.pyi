@@ -24,6 +24,7 @@ else:
 _T = _typing.TypeVar("_T")
 
 class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
+
 class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
     ...
 
@@ -98,6 +99,4 @@ class FeedServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_feed_pb2.VersionResponse, _abc.Awaitable[_feed_pb2.VersionResponse]]:
         """Version reports the daemon's build."""
 
-def add_FeedServicer_to_server(
-    servicer: FeedServicer, server: _typing.Union[_grpc.Server, _aio.Server]
-) -> None: ...
+def add_FeedServicer_to_server(servicer: FeedServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
