@@ -19,9 +19,14 @@ func (p *producer) run(ctx context.Context) {
 	if p.from >= p.plan.Len() {
 		return
 	}
-	jobs := make(chan job, 1)
-	reqs := make(chan *future)
+	// Windows are cheap to queue (a permutation at most); blocks are not, and
+	// the readahead bound counts those.
+	jobs := make(chan job, 64)
+	reqs := make(chan *future, p.opts.ReadAhead)
+	p.ahead = newGauge()
 	fctx, fcancel := context.WithCancel(ctx)
+	stopGauge := context.AfterFunc(fctx, p.ahead.close)
+	defer stopGauge()
 	var wg sync.WaitGroup
 	wg.Go(func() { p.fetch(fctx, jobs, reqs) })
 	for range p.opts.ReadAhead {
@@ -43,7 +48,10 @@ func (p *producer) run(ctx context.Context) {
 
 // fetch walks the windows from the start sample on. A window's first segment
 // that continues the previous window's last block gets no future: the
-// assembler still holds that block.
+// assembler still holds that block. Before a window's blocks are asked for,
+// fewer than ReadAhead blocks may be read and not yet released; a window's
+// blocks are then asked for together, so the assembler never waits for a
+// block the fetcher holds back.
 func (p *producer) fetch(ctx context.Context, jobs chan<- job, reqs chan<- *future) {
 	defer close(jobs)
 	defer close(reqs)
@@ -54,11 +62,16 @@ func (p *producer) fetch(ctx context.Context, jobs chan<- job, reqs chan<- *futu
 			panic(fmt.Sprintf("prefetch: plan has no window at %d of %d: %v", k, p.plan.Len(), err))
 		}
 		j := job{w: w, futures: make([]*future, len(w.Segments))}
+		n := 0
 		for i, seg := range w.Segments {
 			if i == 0 && seg.Block == prevLast {
 				continue
 			}
-			j.futures[i] = &future{block: seg.Block, done: make(chan struct{})}
+			j.futures[i] = &future{block: seg.Block, done: make(chan struct{}), ahead: p.ahead}
+			n++
+		}
+		if n > 0 && !p.ahead.acquire(p.opts.ReadAhead, n) {
+			return
 		}
 		select {
 		case jobs <- j:
@@ -100,9 +113,11 @@ func (p *producer) read(ctx context.Context, reqs <-chan *future) {
 }
 
 func (f *future) release() {
-	if f == nil {
+	if f == nil || f.released {
 		return
 	}
+	f.released = true
+	f.ahead.release(1)
 	select {
 	case <-f.done:
 		if f.rec != nil {
@@ -113,10 +128,56 @@ func (f *future) release() {
 	}
 }
 
+// gauge counts blocks asked for and not yet released.
+type gauge struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	n      int
+	closed bool
+}
+
+func newGauge() *gauge {
+	g := &gauge{}
+	g.cond = sync.NewCond(&g.mu)
+	return g
+}
+
+// acquire waits until fewer than limit are out, then takes n; false once
+// closed.
+func (g *gauge) acquire(limit, n int) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for g.n >= limit && !g.closed {
+		g.cond.Wait()
+	}
+	g.n += n
+	return !g.closed
+}
+
+func (g *gauge) release(n int) {
+	g.mu.Lock()
+	g.n -= n
+	g.mu.Unlock()
+	g.cond.Broadcast()
+}
+
+func (g *gauge) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.cond.Broadcast()
+}
+
 // assemble turns windows into batches, in plan order.
 func (p *producer) assemble(ctx context.Context, jobs <-chan job) error {
 	var held *future
-	defer func() { held.release() }()
+	var cur []*future // the window in hand: released on every way out
+	defer func() {
+		for _, f := range cur {
+			f.release()
+		}
+		held.release()
+	}()
 	b := &batcher{ctx: ctx, opts: &p.opts, emit: func(bt *Batch) error {
 		select {
 		case p.s.out <- item{b: bt}:
@@ -139,6 +200,7 @@ func (p *producer) assemble(ctx context.Context, jobs <-chan job) error {
 			break
 		}
 		futs := make([]*future, len(j.futures))
+		cur = j.futures
 		for i, f := range j.futures {
 			if f == nil {
 				f = held
@@ -169,7 +231,7 @@ func (p *producer) assemble(ctx context.Context, jobs <-chan job) error {
 		if held != last {
 			held.release()
 		}
-		held = last
+		held, cur = last, nil
 		if err != nil {
 			return err
 		}

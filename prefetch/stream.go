@@ -124,10 +124,12 @@ func (s *Stream) Close() {
 
 // future is a block being read.
 type future struct {
-	block int
-	done  chan struct{}
-	rec   arrow.RecordBatch
-	err   error
+	block    int
+	done     chan struct{}
+	rec      arrow.RecordBatch
+	err      error
+	ahead    *gauge
+	released bool // by the assembler, or by run when it drains
 }
 
 // job is one window and the futures of its segments; a nil future means the
@@ -138,9 +140,10 @@ type job struct {
 }
 
 type producer struct {
-	src  Source
-	plan *shard.RankPlan
-	from int64
-	opts Options
-	s    *Stream
+	src   Source
+	plan  *shard.RankPlan
+	from  int64
+	opts  Options
+	s     *Stream
+	ahead *gauge
 }

@@ -192,6 +192,19 @@ func TestStreamBadBlock(t *testing.T) {
 	}
 }
 
+func TestStreamErrorReleasesEverything(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.DefaultAllocator)
+	defer mem.AssertSize(t, 0)
+	rows := []int64{5, 5, 5, 5, 5, 5}
+	plan, _ := shard.NewEpochPlan(rows, nil, 0, 1, shard.Exact)
+	rp, _ := plan.Rank(0)
+	// Block 4 fails inside a window that also holds good blocks 3 and 5.
+	_, err := drain(t, newMemSource(rows, 4), rp, 0, Options{BatchSize: 4, Mem: mem, ReadAhead: 3, Pool: NewPool(2)})
+	if err == nil {
+		t.Fatal("no error")
+	}
+}
+
 func TestStreamCloseEarlyReleasesEverything(t *testing.T) {
 	mem := memory.NewCheckedAllocator(memory.DefaultAllocator)
 	rows := slices.Repeat([]int64{1000}, 50)

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from loaderd.testing import Daemon
 
 REPO = Path(__file__).resolve().parents[2]

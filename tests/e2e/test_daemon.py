@@ -9,8 +9,9 @@ import stat
 import subprocess
 from pathlib import Path
 
-import loaderd
 import pytest
+
+import loaderd
 from loaderd._client import Client
 from loaderd.testing import Daemon
 

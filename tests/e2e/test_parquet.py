@@ -7,11 +7,12 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import loaderd
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+import loaderd
 from loaderd.testing import Daemon
 
 from .conftest import GEN_ROWS

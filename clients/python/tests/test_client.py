@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import loaderd
 import pytest
+
+import loaderd
 
 
 def test_socket_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
