@@ -12,15 +12,17 @@ import (
 	"github.com/loaderd/loaderd/shard"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // Client talks to a daemon over its Unix socket. It is what `loaderd demo`,
 // `loaderd status`, the tests and the benchmarks use; trainers use the Python
 // client.
 type Client struct {
-	conn *grpc.ClientConn
-	api  feedv1.FeedClient
-	mem  memory.Allocator
+	conn   *grpc.ClientConn
+	api    feedv1.FeedClient
+	health healthpb.HealthClient
+	mem    memory.Allocator
 }
 
 // Dial connects to the daemon at socket ("" means DefaultSocket). It does not
@@ -35,7 +37,8 @@ func Dial(socket string) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", socket, err)
 	}
-	return &Client{conn: conn, api: feedv1.NewFeedClient(conn), mem: memory.DefaultAllocator}, nil
+	return &Client{conn: conn, api: feedv1.NewFeedClient(conn), health: healthpb.NewHealthClient(conn),
+		mem: memory.DefaultAllocator}, nil
 }
 
 // Close closes the connection.
@@ -82,6 +85,8 @@ type BatchReader struct {
 	NumSamples int64 // in the rank's epoch, padding included
 	Padding    int64
 	SessionID  string
+	// PlanFingerprint identifies the epoch's global plan (see Client.Plan).
+	PlanFingerprint string
 }
 
 // ClientBatch is one received batch; the caller releases Record.
@@ -99,12 +104,7 @@ func (c *Client) Stream(ctx context.Context, req StreamRequest) (*BatchReader, e
 		cancel()
 		return nil, err
 	}
-	if err := st.Send(&feedv1.StreamRequest{Kind: &feedv1.StreamRequest_Open{Open: &feedv1.OpenStream{
-		Dataset: specToProto(req.Spec), Rank: int32(req.Rank), WorldSize: int32(req.World),
-		Mode: modeToProto(req.Mode), Epoch: req.Epoch, BatchSize: int32(req.BatchSize),
-		DropLast: req.DropLast, StartSample: req.StartSample, Job: req.Job,
-		Transport: feedv1.Transport_TRANSPORT_GRPC,
-	}}}); err != nil {
+	if err := st.Send(&feedv1.StreamRequest{Kind: &feedv1.StreamRequest_Open{Open: req.toProto()}}); err != nil {
 		cancel()
 		return nil, recvErr(st, err)
 	}
@@ -119,7 +119,48 @@ func (c *Client) Stream(ctx context.Context, req StreamRequest) (*BatchReader, e
 		return nil, errors.New("feed: stream did not start with a header")
 	}
 	return &BatchReader{stream: st, dec: newDecoder(h.GetArrowSchema(), c.mem), cancel: cancel,
-		NumSamples: h.GetNumSamples(), Padding: h.GetPaddingSamples(), SessionID: h.GetSessionId()}, nil
+		NumSamples: h.GetNumSamples(), Padding: h.GetPaddingSamples(), SessionID: h.GetSessionId(),
+		PlanFingerprint: h.GetPlanFingerprint()}, nil
+}
+
+func (req StreamRequest) toProto() *feedv1.OpenStream {
+	return &feedv1.OpenStream{
+		Dataset: specToProto(req.Spec), Rank: int32(req.Rank), WorldSize: int32(req.World),
+		Mode: modeToProto(req.Mode), Epoch: req.Epoch, BatchSize: int32(req.BatchSize),
+		DropLast: req.DropLast, StartSample: req.StartSample, Job: req.Job,
+		Transport: feedv1.Transport_TRANSPORT_GRPC,
+	}
+}
+
+// PlanInfo describes one rank's share of an epoch.
+type PlanInfo struct {
+	// Fingerprint is the same on every daemon that computes the same global
+	// plan: the ranks of a multi-node job compare it to know they agree.
+	Fingerprint string
+	// Samples in the rank's epoch, padding included; of which padding; and
+	// the epoch's distinct samples over all ranks.
+	NumSamples, Padding, Total int64
+}
+
+// Plan describes the share req names (its dataset, rank, world size, mode
+// and epoch) without streaming it.
+func (c *Client) Plan(ctx context.Context, req StreamRequest) (PlanInfo, error) {
+	resp, err := c.api.Plan(ctx, &feedv1.PlanRequest{Open: req.toProto()})
+	if err != nil {
+		return PlanInfo{}, err
+	}
+	return PlanInfo{Fingerprint: resp.GetPlanFingerprint(), NumSamples: resp.GetNumSamples(),
+		Padding: resp.GetPaddingSamples(), Total: resp.GetTotalSamples()}, nil
+}
+
+// Health asks the daemon's gRPC health service about service ("" for the
+// daemon as a whole) and returns its answer: "SERVING", "NOT_SERVING", ...
+func (c *Client) Health(ctx context.Context, service string) (string, error) {
+	resp, err := c.health.Check(ctx, &healthpb.HealthCheckRequest{Service: service})
+	if err != nil {
+		return "", err
+	}
+	return resp.GetStatus().String(), nil
 }
 
 // recvErr returns the stream's own error when a send failed because the
@@ -167,11 +208,21 @@ type SessionReport struct {
 	QueueDepth           int
 }
 
+// PlanReport is one global plan and the ranks a daemon serves of it.
+type PlanReport struct {
+	Job         string
+	Epoch       int64
+	World       int
+	Fingerprint string
+	Ranks       []int
+}
+
 // StatusReport is what `loaderd status` shows.
 type StatusReport struct {
 	Version  string
 	Uptime   float64
 	Sessions []SessionReport
+	Plans    []PlanReport
 }
 
 // Status asks the daemon for its status.
@@ -187,6 +238,13 @@ func (c *Client) Status(ctx context.Context) (StatusReport, error) {
 			Epoch: s.GetEpoch(), Batches: s.GetBatchesSent(), Rows: s.GetRowsSent(), Bytes: s.GetBytesSent(),
 			BatchesPerSecond: s.GetBatchesPerSecond(), QueueDepth: int(s.GetQueueDepth()),
 		})
+	}
+	for _, p := range resp.GetPlans() {
+		pr := PlanReport{Job: p.GetJob(), Epoch: p.GetEpoch(), World: int(p.GetWorldSize()), Fingerprint: p.GetPlanFingerprint()}
+		for _, rank := range p.GetRanks() {
+			pr.Ranks = append(pr.Ranks, int(rank))
+		}
+		r.Plans = append(r.Plans, pr)
 	}
 	return r, nil
 }

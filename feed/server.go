@@ -10,14 +10,18 @@ import (
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/validator"
 	feedv1 "github.com/loaderd/loaderd/feed/api/loaderd/feed/v1"
 	"github.com/loaderd/loaderd/prefetch"
 	"github.com/loaderd/loaderd/shard"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 )
 
@@ -144,6 +148,10 @@ func (s *Server) Socket() string { return s.opts.Socket }
 // Serve listens on the socket and serves until ctx is done; then it stops
 // taking calls, cancels open sessions, waits up to ShutdownGrace, removes the
 // socket and returns nil. ready, if not nil, is called once listening.
+//
+// The socket also serves the standard gRPC health service (grpc.health.v1):
+// SERVING, for the server as a whole ("") and for the feed service, from the
+// moment it listens; NOT_SERVING as soon as it begins to stop.
 func (s *Server) Serve(ctx context.Context, ready func()) error {
 	l, err := listen(s.opts.Socket, s.opts.SocketDirMode)
 	if err != nil {
@@ -156,6 +164,9 @@ func (s *Server) Serve(ctx context.Context, ready func()) error {
 
 	g := grpc.NewServer(s.serverOptions()...)
 	feedv1.RegisterFeedServer(g, &service{s: s})
+	hs := health.NewServer() // "" starts SERVING
+	hs.SetServingStatus(feedv1.Feed_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(g, hs)
 
 	errc := make(chan error, 1)
 	go func() { errc <- g.Serve(l) }()
@@ -167,7 +178,8 @@ func (s *Server) Serve(ctx context.Context, ready func()) error {
 		return fmt.Errorf("serving on %s: %w", s.opts.Socket, err)
 	case <-ctx.Done():
 	}
-	cancel() // sessions end; their streams return promptly
+	hs.Shutdown() // NOT_SERVING from now on: probes see the daemon going
+	cancel()      // sessions end; their streams return promptly
 	stopped := make(chan struct{})
 	go func() { g.GracefulStop(); close(stopped) }()
 	select {
@@ -188,6 +200,10 @@ func (s *Server) serverOptions() []grpc.ServerOption {
 		s.log.ErrorContext(ctx, "panic in a call", "panic", p, "stack", string(debug.Stack()))
 		return status.Errorf(codes.Internal, "internal error: %v", p)
 	})
+	// Health probes come every few seconds: logging each would drown the log.
+	notHealth := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
+		return c.Service != healthpb.Health_ServiceDesc.ServiceName
+	})
 	return []grpc.ServerOption{
 		grpc.Creds(newPeerCreds(s.opts.AllowUIDs, s.opts.AllowGIDs)),
 		grpc.MaxRecvMsgSize(s.opts.MaxRecvBytes),
@@ -196,13 +212,13 @@ func (s *Server) serverOptions() []grpc.ServerOption {
 		// to codes so the logger sees the real ones, then validation.
 		grpc.ChainUnaryInterceptor(
 			recovery.UnaryServerInterceptor(recoverOpt),
-			logging.UnaryServerInterceptor(slogAdapter(s.log), logOpts...),
+			selector.UnaryServerInterceptor(logging.UnaryServerInterceptor(slogAdapter(s.log), logOpts...), notHealth),
 			unaryStatus,
 			validator.UnaryServerInterceptor(),
 		),
 		grpc.ChainStreamInterceptor(
 			recovery.StreamServerInterceptor(recoverOpt),
-			logging.StreamServerInterceptor(slogAdapter(s.log), logOpts...),
+			selector.StreamServerInterceptor(logging.StreamServerInterceptor(slogAdapter(s.log), logOpts...), notHealth),
 			streamStatus,
 			validator.StreamServerInterceptor(),
 		),

@@ -55,8 +55,12 @@ func startServerWith(t *testing.T, opts Options, roots ...string) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := NewServer(opts,
-		Deps{Store: store, Formats: shard.DefaultFormats(), Pool: prefetch.NewPool(2)})
+	return startServerDeps(t, opts, Deps{Store: store, Formats: shard.DefaultFormats(), Pool: prefetch.NewPool(2)})
+}
+
+func startServerDeps(t *testing.T, opts Options, deps Deps) *Server {
+	t.Helper()
+	srv, err := NewServer(opts, deps)
 	if err != nil {
 		t.Fatal(err)
 	}

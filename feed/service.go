@@ -48,6 +48,36 @@ func (v *service) Status(context.Context, *feedv1.StatusRequest) (*feedv1.Status
 		Version:       v.s.opts.Version,
 		UptimeSeconds: now.Sub(v.s.started).Seconds(),
 		Sessions:      v.s.sessions.status(now),
+		Plans:         v.s.sessions.plans(),
+	}, nil
+}
+
+// share computes the epoch plan an OpenStream names and the rank's part of it.
+func (v *service) share(ctx context.Context, open *feedv1.OpenStream) (*shard.Dataset, *shard.EpochPlan, *shard.RankPlan, error) {
+	spec := specFromProto(open.GetDataset())
+	ds, err := v.s.datasets.open(ctx, spec, v.s.log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	plan, err := shard.NewEpochPlan(ds.BlockRows(), spec.Shuffle, open.GetEpoch(), int(open.GetWorldSize()), modeFromProto(open.GetMode()))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	rp, err := plan.Rank(int(open.GetRank()))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return ds, plan, rp, nil
+}
+
+func (v *service) Plan(ctx context.Context, req *feedv1.PlanRequest) (*feedv1.PlanResponse, error) {
+	ds, plan, rp, err := v.share(ctx, req.GetOpen())
+	if err != nil {
+		return nil, err
+	}
+	return &feedv1.PlanResponse{
+		PlanFingerprint: ds.PlanFingerprint(plan), NumSamples: rp.Len(),
+		PaddingSamples: rp.Padding(), TotalSamples: plan.Total(),
 	}, nil
 }
 
@@ -66,18 +96,11 @@ func (v *service) Stream(stream feedv1.Feed_StreamServer) error {
 		return fmt.Errorf("%w: the first message of a stream must open it", shard.ErrInvalid)
 	}
 	spec := specFromProto(open.GetDataset())
-	ds, err := v.s.datasets.open(ctx, spec, v.s.log)
+	ds, plan, rp, err := v.share(ctx, open)
 	if err != nil {
 		return err
 	}
-	plan, err := shard.NewEpochPlan(ds.BlockRows(), spec.Shuffle, open.GetEpoch(), int(open.GetWorldSize()), modeFromProto(open.GetMode()))
-	if err != nil {
-		return err
-	}
-	rp, err := plan.Rank(int(open.GetRank()))
-	if err != nil {
-		return err
-	}
+	planFP := ds.PlanFingerprint(plan)
 	// Sessions end with the server as well as with the client.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -96,13 +119,13 @@ func (v *service) Stream(stream feedv1.Feed_StreamServer) error {
 
 	sess := &session{
 		id: fmt.Sprintf("s%d", v.s.sessions.seq.Add(1)), job: open.GetJob(),
-		rank: open.GetRank(), world: open.GetWorldSize(), epoch: open.GetEpoch(),
+		rank: open.GetRank(), world: open.GetWorldSize(), epoch: open.GetEpoch(), plan: planFP,
 		started: time.Now(), queueDepth: ps.QueueDepth,
 	}
 	v.s.sessions.add(sess)
 	defer v.s.sessions.remove(sess.id)
 	log := v.s.log.With("session", sess.id, "job", sess.job, "rank", sess.rank, "epoch", sess.epoch)
-	log.Debug("session opened", "plan", rp.String(), "from", open.GetStartSample())
+	log.Debug("session opened", "plan", rp.String(), "plan_fingerprint", planFP, "from", open.GetStartSample())
 
 	sc, err := encodeSchema(ds.Schema())
 	if err != nil {
@@ -110,7 +133,7 @@ func (v *service) Stream(stream feedv1.Feed_StreamServer) error {
 	}
 	if err := stream.Send(&feedv1.StreamResponse{Kind: &feedv1.StreamResponse_Header{Header: &feedv1.StreamHeader{
 		SessionId: sess.id, ArrowSchema: sc, NumSamples: rp.Len(), StartSample: open.GetStartSample(),
-		PaddingSamples: rp.Padding(), Transport: feedv1.Transport_TRANSPORT_GRPC,
+		PaddingSamples: rp.Padding(), Transport: feedv1.Transport_TRANSPORT_GRPC, PlanFingerprint: planFP,
 	}}}); err != nil {
 		return err
 	}

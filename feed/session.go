@@ -1,6 +1,8 @@
 package feed
 
 import (
+	"cmp"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +17,7 @@ type session struct {
 	rank    int32
 	world   int32
 	epoch   int64
+	plan    string // the global plan's fingerprint
 	started time.Time
 
 	batches, rows, bytes atomic.Int64
@@ -59,5 +62,39 @@ func (r *sessions) status(now time.Time) []*feedv1.SessionStatus {
 		}
 		out = append(out, st)
 	}
+	return out
+}
+
+// plans groups the open sessions by job, epoch and global plan: one node's
+// view of each multi-node plan, to compare with the other nodes'.
+func (r *sessions) plans() []*feedv1.PlanStatus {
+	type key struct {
+		job   string
+		epoch int64
+		world int32
+		plan  string
+	}
+	r.mu.Lock()
+	byKey := map[key]*feedv1.PlanStatus{}
+	for _, s := range r.byID {
+		k := key{s.job, s.epoch, s.world, s.plan}
+		p := byKey[k]
+		if p == nil {
+			p = &feedv1.PlanStatus{Job: s.job, Epoch: s.epoch, WorldSize: s.world, PlanFingerprint: s.plan}
+			byKey[k] = p
+		}
+		p.Ranks = append(p.Ranks, s.rank)
+	}
+	r.mu.Unlock()
+	out := make([]*feedv1.PlanStatus, 0, len(byKey))
+	for _, p := range byKey {
+		slices.Sort(p.Ranks)
+		p.Ranks = slices.Compact(p.Ranks)
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b *feedv1.PlanStatus) int {
+		return cmp.Or(cmp.Compare(a.GetJob(), b.GetJob()), cmp.Compare(a.GetEpoch(), b.GetEpoch()),
+			cmp.Compare(a.GetPlanFingerprint(), b.GetPlanFingerprint()))
+	})
 	return out
 }

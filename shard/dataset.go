@@ -34,6 +34,7 @@ type Dataset struct {
 
 	store  Store
 	format Format
+	digest [32]byte // contentDigest, for plan fingerprints
 }
 
 // OpenOptions are the dependencies of Open.
@@ -114,6 +115,7 @@ func Open(ctx context.Context, spec Spec, opts OpenOptions) (*Dataset, error) {
 	if d.schema == nil {
 		return nil, errors.Join(append([]error{fmt.Errorf("%w: no readable files", ErrBadInput)}, d.Skipped...)...)
 	}
+	d.digest = d.contentDigest()
 	return d, nil
 }
 

@@ -365,6 +365,7 @@ class StreamHeader(_message.Message):
     START_SAMPLE_FIELD_NUMBER: _builtins.int
     PADDING_SAMPLES_FIELD_NUMBER: _builtins.int
     TRANSPORT_FIELD_NUMBER: _builtins.int
+    PLAN_FINGERPRINT_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     arrow_schema: _builtins.bytes
     """Arrow IPC schema message of every batch in the stream."""
@@ -374,6 +375,10 @@ class StreamHeader(_message.Message):
     padding_samples: _builtins.int
     """Trailing samples of the epoch that repeat earlier ones (even mode)."""
     transport: Global___Transport.ValueType
+    plan_fingerprint: _builtins.str
+    """Identifies the epoch's global plan (files, block order, world size, mode,
+    shuffle, epoch): equal on every node that serves the same plan.
+    """
     def __init__(
         self,
         *,
@@ -383,10 +388,11 @@ class StreamHeader(_message.Message):
         start_sample: _builtins.int = ...,
         padding_samples: _builtins.int = ...,
         transport: Global___Transport.ValueType = ...,
+        plan_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_schema", b"arrow_schema", "num_samples", b"num_samples", "padding_samples", b"padding_samples", "session_id", b"session_id", "start_sample", b"start_sample", "transport", b"transport"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_schema", b"arrow_schema", "num_samples", b"num_samples", "padding_samples", b"padding_samples", "plan_fingerprint", b"plan_fingerprint", "session_id", b"session_id", "start_sample", b"start_sample", "transport", b"transport"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -454,24 +460,68 @@ class StatusResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
     SESSIONS_FIELD_NUMBER: _builtins.int
+    PLANS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     uptime_seconds: _builtins.float
     @_builtins.property
     def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionStatus]: ...
+    @_builtins.property
+    def plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanStatus]:
+        """The plans this daemon serves now, one per job, epoch and plan: compare
+        them across the nodes of a job.
+        """
+
     def __init__(
         self,
         *,
         version: _builtins.str = ...,
         uptime_seconds: _builtins.float = ...,
         sessions: _abc.Iterable[Global___SessionStatus] | None = ...,
+        plans: _abc.Iterable[Global___PlanStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sessions", b"sessions", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plans", b"plans", "sessions", b"sessions", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class PlanStatus(_message.Message):
+    """PlanStatus is one global plan and the ranks this daemon serves of it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    WORLD_SIZE_FIELD_NUMBER: _builtins.int
+    PLAN_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    RANKS_FIELD_NUMBER: _builtins.int
+    job: _builtins.str
+    epoch: _builtins.int
+    world_size: _builtins.int
+    plan_fingerprint: _builtins.str
+    @_builtins.property
+    def ranks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Global ranks with an open session here, ascending."""
+
+    def __init__(
+        self,
+        *,
+        job: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        world_size: _builtins.int = ...,
+        plan_fingerprint: _builtins.str = ...,
+        ranks: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "job", b"job", "plan_fingerprint", b"plan_fingerprint", "ranks", b"ranks", "world_size", b"world_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanStatus: _TypeAlias = PlanStatus  # noqa: Y015
 
 @_typing.final
 class SessionStatus(_message.Message):
@@ -558,3 +608,57 @@ class VersionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VersionResponse: _TypeAlias = VersionResponse  # noqa: Y015
+
+@_typing.final
+class PlanRequest(_message.Message):
+    """PlanRequest names a rank's share of an epoch: the dataset, rank, world size,
+    mode and epoch of the OpenStream; its other fields are ignored.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def open(self) -> Global___OpenStream: ...
+    def __init__(
+        self,
+        *,
+        open: Global___OpenStream | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["open", b"open"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["open", b"open"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanRequest: _TypeAlias = PlanRequest  # noqa: Y015
+
+@_typing.final
+class PlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    NUM_SAMPLES_FIELD_NUMBER: _builtins.int
+    PADDING_SAMPLES_FIELD_NUMBER: _builtins.int
+    TOTAL_SAMPLES_FIELD_NUMBER: _builtins.int
+    plan_fingerprint: _builtins.str
+    num_samples: _builtins.int
+    """Samples in this rank's epoch, padding included, and how many are padding."""
+    padding_samples: _builtins.int
+    total_samples: _builtins.int
+    """Distinct samples in the whole epoch, all ranks together."""
+    def __init__(
+        self,
+        *,
+        plan_fingerprint: _builtins.str = ...,
+        num_samples: _builtins.int = ...,
+        padding_samples: _builtins.int = ...,
+        total_samples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["num_samples", b"num_samples", "padding_samples", b"padding_samples", "plan_fingerprint", b"plan_fingerprint", "total_samples", b"total_samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanResponse: _TypeAlias = PlanResponse  # noqa: Y015

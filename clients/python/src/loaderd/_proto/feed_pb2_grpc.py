@@ -54,6 +54,11 @@ class FeedStub:
                 request_serializer=feed__pb2.VersionRequest.SerializeToString,
                 response_deserializer=feed__pb2.VersionResponse.FromString,
                 _registered_method=True)
+        self.Plan = channel.unary_unary(
+                '/loaderd.feed.v1.Feed/Plan',
+                request_serializer=feed__pb2.PlanRequest.SerializeToString,
+                response_deserializer=feed__pb2.PlanResponse.FromString,
+                _registered_method=True)
 
 
 class FeedServicer:
@@ -89,6 +94,15 @@ class FeedServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Plan(self, request, context):
+        """Plan describes one rank's share of an epoch without streaming it. Its
+        plan_fingerprint is the same on every node that computes the same global
+        plan, so the ranks of a multi-node job can check that they agree.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeedServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +125,11 @@ def add_FeedServicer_to_server(servicer, server):
                     servicer.Version,
                     request_deserializer=feed__pb2.VersionRequest.FromString,
                     response_serializer=feed__pb2.VersionResponse.SerializeToString,
+            ),
+            'Plan': grpc.unary_unary_rpc_method_handler(
+                    servicer.Plan,
+                    request_deserializer=feed__pb2.PlanRequest.FromString,
+                    response_serializer=feed__pb2.PlanResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +240,33 @@ class Feed:
             '/loaderd.feed.v1.Feed/Version',
             feed__pb2.VersionRequest.SerializeToString,
             feed__pb2.VersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Plan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loaderd.feed.v1.Feed/Plan',
+            feed__pb2.PlanRequest.SerializeToString,
+            feed__pb2.PlanResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,11 @@ class FeedStub:
     """Status reports sessions, throughput, cache and memory."""
     Version: _grpc.UnaryUnaryMultiCallable[_feed_pb2.VersionRequest, _feed_pb2.VersionResponse]
     """Version reports the daemon's build."""
+    Plan: _grpc.UnaryUnaryMultiCallable[_feed_pb2.PlanRequest, _feed_pb2.PlanResponse]
+    """Plan describes one rank's share of an epoch without streaming it. Its
+    plan_fingerprint is the same on every node that computes the same global
+    plan, so the ranks of a multi-node job can check that they agree.
+    """
 
 @_typing.type_check_only
 class FeedAsyncStub(FeedStub):
@@ -62,6 +67,11 @@ class FeedAsyncStub(FeedStub):
     """Status reports sessions, throughput, cache and memory."""
     Version: _aio.UnaryUnaryMultiCallable[_feed_pb2.VersionRequest, _feed_pb2.VersionResponse]  # type: ignore[assignment]
     """Version reports the daemon's build."""
+    Plan: _aio.UnaryUnaryMultiCallable[_feed_pb2.PlanRequest, _feed_pb2.PlanResponse]  # type: ignore[assignment]
+    """Plan describes one rank's share of an epoch without streaming it. Its
+    plan_fingerprint is the same on every node that computes the same global
+    plan, so the ranks of a multi-node job can check that they agree.
+    """
 
 class FeedServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -98,5 +108,16 @@ class FeedServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_feed_pb2.VersionResponse, _abc.Awaitable[_feed_pb2.VersionResponse]]:
         """Version reports the daemon's build."""
+
+    @_abc_1.abstractmethod
+    def Plan(
+        self,
+        request: _feed_pb2.PlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_feed_pb2.PlanResponse, _abc.Awaitable[_feed_pb2.PlanResponse]]:
+        """Plan describes one rank's share of an epoch without streaming it. Its
+        plan_fingerprint is the same on every node that computes the same global
+        plan, so the ranks of a multi-node job can check that they agree.
+        """
 
 def add_FeedServicer_to_server(servicer: FeedServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -781,8 +781,11 @@ type StreamHeader struct {
 	// Trailing samples of the epoch that repeat earlier ones (even mode).
 	PaddingSamples int64     `protobuf:"varint,5,opt,name=padding_samples,json=paddingSamples,proto3" json:"padding_samples,omitempty"`
 	Transport      Transport `protobuf:"varint,6,opt,name=transport,proto3,enum=loaderd.feed.v1.Transport" json:"transport,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Identifies the epoch's global plan (files, block order, world size, mode,
+	// shuffle, epoch): equal on every node that serves the same plan.
+	PlanFingerprint string `protobuf:"bytes,40,opt,name=plan_fingerprint,json=planFingerprint,proto3" json:"plan_fingerprint,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *StreamHeader) Reset() {
@@ -855,6 +858,13 @@ func (x *StreamHeader) GetTransport() Transport {
 		return x.Transport
 	}
 	return Transport_TRANSPORT_UNSPECIFIED
+}
+
+func (x *StreamHeader) GetPlanFingerprint() string {
+	if x != nil {
+		return x.PlanFingerprint
+	}
+	return ""
 }
 
 type Batch struct {
@@ -987,6 +997,9 @@ type StatusResponse struct {
 	Version       string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
 	UptimeSeconds float64                `protobuf:"fixed64,2,opt,name=uptime_seconds,json=uptimeSeconds,proto3" json:"uptime_seconds,omitempty"`
 	Sessions      []*SessionStatus       `protobuf:"bytes,3,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	// The plans this daemon serves now, one per job, epoch and plan: compare
+	// them across the nodes of a job.
+	Plans         []*PlanStatus `protobuf:"bytes,60,rep,name=plans,proto3" json:"plans,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1042,6 +1055,91 @@ func (x *StatusResponse) GetSessions() []*SessionStatus {
 	return nil
 }
 
+func (x *StatusResponse) GetPlans() []*PlanStatus {
+	if x != nil {
+		return x.Plans
+	}
+	return nil
+}
+
+// PlanStatus is one global plan and the ranks this daemon serves of it.
+type PlanStatus struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Job             string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Epoch           int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	WorldSize       int32                  `protobuf:"varint,3,opt,name=world_size,json=worldSize,proto3" json:"world_size,omitempty"`
+	PlanFingerprint string                 `protobuf:"bytes,4,opt,name=plan_fingerprint,json=planFingerprint,proto3" json:"plan_fingerprint,omitempty"`
+	// Global ranks with an open session here, ascending.
+	Ranks         []int32 `protobuf:"varint,5,rep,packed,name=ranks,proto3" json:"ranks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanStatus) Reset() {
+	*x = PlanStatus{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanStatus) ProtoMessage() {}
+
+func (x *PlanStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanStatus.ProtoReflect.Descriptor instead.
+func (*PlanStatus) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PlanStatus) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *PlanStatus) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *PlanStatus) GetWorldSize() int32 {
+	if x != nil {
+		return x.WorldSize
+	}
+	return 0
+}
+
+func (x *PlanStatus) GetPlanFingerprint() string {
+	if x != nil {
+		return x.PlanFingerprint
+	}
+	return ""
+}
+
+func (x *PlanStatus) GetRanks() []int32 {
+	if x != nil {
+		return x.Ranks
+	}
+	return nil
+}
+
 type SessionStatus struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	SessionId        string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
@@ -1060,7 +1158,7 @@ type SessionStatus struct {
 
 func (x *SessionStatus) Reset() {
 	*x = SessionStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1170,7 @@ func (x *SessionStatus) String() string {
 func (*SessionStatus) ProtoMessage() {}
 
 func (x *SessionStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1183,7 @@ func (x *SessionStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionStatus.ProtoReflect.Descriptor instead.
 func (*SessionStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{12}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SessionStatus) GetSessionId() string {
@@ -1166,7 +1264,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1178,7 +1276,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1191,7 +1289,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{13}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{14}
 }
 
 type VersionResponse struct {
@@ -1205,7 +1303,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1315,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1328,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{14}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -1252,6 +1350,122 @@ func (x *VersionResponse) GetCommit() string {
 		return x.Commit
 	}
 	return ""
+}
+
+// PlanRequest names a rank's share of an epoch: the dataset, rank, world size,
+// mode and epoch of the OpenStream; its other fields are ignored.
+type PlanRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Open          *OpenStream            `protobuf:"bytes,1,opt,name=open,proto3" json:"open,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanRequest) Reset() {
+	*x = PlanRequest{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanRequest) ProtoMessage() {}
+
+func (x *PlanRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanRequest.ProtoReflect.Descriptor instead.
+func (*PlanRequest) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *PlanRequest) GetOpen() *OpenStream {
+	if x != nil {
+		return x.Open
+	}
+	return nil
+}
+
+type PlanResponse struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	PlanFingerprint string                 `protobuf:"bytes,1,opt,name=plan_fingerprint,json=planFingerprint,proto3" json:"plan_fingerprint,omitempty"`
+	// Samples in this rank's epoch, padding included, and how many are padding.
+	NumSamples     int64 `protobuf:"varint,2,opt,name=num_samples,json=numSamples,proto3" json:"num_samples,omitempty"`
+	PaddingSamples int64 `protobuf:"varint,3,opt,name=padding_samples,json=paddingSamples,proto3" json:"padding_samples,omitempty"`
+	// Distinct samples in the whole epoch, all ranks together.
+	TotalSamples  int64 `protobuf:"varint,4,opt,name=total_samples,json=totalSamples,proto3" json:"total_samples,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanResponse) Reset() {
+	*x = PlanResponse{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanResponse) ProtoMessage() {}
+
+func (x *PlanResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanResponse.ProtoReflect.Descriptor instead.
+func (*PlanResponse) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *PlanResponse) GetPlanFingerprint() string {
+	if x != nil {
+		return x.PlanFingerprint
+	}
+	return ""
+}
+
+func (x *PlanResponse) GetNumSamples() int64 {
+	if x != nil {
+		return x.NumSamples
+	}
+	return 0
+}
+
+func (x *PlanResponse) GetPaddingSamples() int64 {
+	if x != nil {
+		return x.PaddingSamples
+	}
+	return 0
+}
+
+func (x *PlanResponse) GetTotalSamples() int64 {
+	if x != nil {
+		return x.TotalSamples
+	}
+	return 0
 }
 
 var File_loaderd_feed_v1_feed_proto protoreflect.FileDescriptor
@@ -1306,7 +1520,7 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\x0eStreamResponse\x127\n" +
 	"\x06header\x18\x01 \x01(\v2\x1d.loaderd.feed.v1.StreamHeaderH\x00R\x06header\x12.\n" +
 	"\x05batch\x18\x02 \x01(\v2\x16.loaderd.feed.v1.BatchH\x00R\x05batchB\x06\n" +
-	"\x04kind\"\xf7\x01\n" +
+	"\x04kind\"\xa2\x02\n" +
 	"\fStreamHeader\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12!\n" +
@@ -1315,7 +1529,8 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"numSamples\x12!\n" +
 	"\fstart_sample\x18\x04 \x01(\x03R\vstartSample\x12'\n" +
 	"\x0fpadding_samples\x18\x05 \x01(\x03R\x0epaddingSamples\x128\n" +
-	"\ttransport\x18\x06 \x01(\x0e2\x1a.loaderd.feed.v1.TransportR\ttransport\"\xb8\x01\n" +
+	"\ttransport\x18\x06 \x01(\x0e2\x1a.loaderd.feed.v1.TransportR\ttransport\x12)\n" +
+	"\x10plan_fingerprint\x18( \x01(\tR\x0fplanFingerprint\"\xb8\x01\n" +
 	"\x05Batch\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12!\n" +
 	"\ffirst_sample\x18\x02 \x01(\x03R\vfirstSample\x12\x19\n" +
@@ -1324,11 +1539,20 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\tarrow_ipc\x18\x05 \x01(\fR\barrowIpc\x12\x1f\n" +
 	"\vnext_sample\x18\x06 \x01(\x03R\n" +
 	"nextSample\"\x0f\n" +
-	"\rStatusRequest\"\x8d\x01\n" +
+	"\rStatusRequest\"\xc0\x01\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
 	"\x0euptime_seconds\x18\x02 \x01(\x01R\ruptimeSeconds\x12:\n" +
-	"\bsessions\x18\x03 \x03(\v2\x1e.loaderd.feed.v1.SessionStatusR\bsessions\"\xb7\x02\n" +
+	"\bsessions\x18\x03 \x03(\v2\x1e.loaderd.feed.v1.SessionStatusR\bsessions\x121\n" +
+	"\x05plans\x18< \x03(\v2\x1b.loaderd.feed.v1.PlanStatusR\x05plans\"\x94\x01\n" +
+	"\n" +
+	"PlanStatus\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12\x1d\n" +
+	"\n" +
+	"world_size\x18\x03 \x01(\x05R\tworldSize\x12)\n" +
+	"\x10plan_fingerprint\x18\x04 \x01(\tR\x0fplanFingerprint\x12\x14\n" +
+	"\x05ranks\x18\x05 \x03(\x05R\x05ranks\"\xb7\x02\n" +
 	"\rSessionStatus\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x10\n" +
@@ -1350,7 +1574,15 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1d\n" +
 	"\n" +
 	"go_version\x18\x02 \x01(\tR\tgoVersion\x12\x16\n" +
-	"\x06commit\x18\x03 \x01(\tR\x06commit*J\n" +
+	"\x06commit\x18\x03 \x01(\tR\x06commit\">\n" +
+	"\vPlanRequest\x12/\n" +
+	"\x04open\x18\x01 \x01(\v2\x1b.loaderd.feed.v1.OpenStreamR\x04open\"\xa8\x01\n" +
+	"\fPlanResponse\x12)\n" +
+	"\x10plan_fingerprint\x18\x01 \x01(\tR\x0fplanFingerprint\x12\x1f\n" +
+	"\vnum_samples\x18\x02 \x01(\x03R\n" +
+	"numSamples\x12'\n" +
+	"\x0fpadding_samples\x18\x03 \x01(\x03R\x0epaddingSamples\x12#\n" +
+	"\rtotal_samples\x18\x04 \x01(\x03R\ftotalSamples*J\n" +
 	"\aOnError\x12\x18\n" +
 	"\x14ON_ERROR_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eON_ERROR_RAISE\x10\x01\x12\x11\n" +
@@ -1361,12 +1593,13 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\x10SHARD_MODE_EXACT\x10\x02*:\n" +
 	"\tTransport\x12\x19\n" +
 	"\x15TRANSPORT_UNSPECIFIED\x10\x00\x12\x12\n" +
-	"\x0eTRANSPORT_GRPC\x10\x012\xbf\x02\n" +
+	"\x0eTRANSPORT_GRPC\x10\x012\x84\x03\n" +
 	"\x04Feed\x12O\n" +
 	"\bDescribe\x12 .loaderd.feed.v1.DescribeRequest\x1a!.loaderd.feed.v1.DescribeResponse\x12M\n" +
 	"\x06Stream\x12\x1e.loaderd.feed.v1.StreamRequest\x1a\x1f.loaderd.feed.v1.StreamResponse(\x010\x01\x12I\n" +
 	"\x06Status\x12\x1e.loaderd.feed.v1.StatusRequest\x1a\x1f.loaderd.feed.v1.StatusResponse\x12L\n" +
-	"\aVersion\x12\x1f.loaderd.feed.v1.VersionRequest\x1a .loaderd.feed.v1.VersionResponseB<Z:github.com/loaderd/loaderd/feed/api/loaderd/feed/v1;feedv1b\x06proto3"
+	"\aVersion\x12\x1f.loaderd.feed.v1.VersionRequest\x1a .loaderd.feed.v1.VersionResponse\x12C\n" +
+	"\x04Plan\x12\x1c.loaderd.feed.v1.PlanRequest\x1a\x1d.loaderd.feed.v1.PlanResponseB<Z:github.com/loaderd/loaderd/feed/api/loaderd/feed/v1;feedv1b\x06proto3"
 
 var (
 	file_loaderd_feed_v1_feed_proto_rawDescOnce sync.Once
@@ -1381,7 +1614,7 @@ func file_loaderd_feed_v1_feed_proto_rawDescGZIP() []byte {
 }
 
 var file_loaderd_feed_v1_feed_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_loaderd_feed_v1_feed_proto_goTypes = []any{
 	(OnError)(0),             // 0: loaderd.feed.v1.OnError
 	(ShardMode)(0),           // 1: loaderd.feed.v1.ShardMode
@@ -1398,15 +1631,18 @@ var file_loaderd_feed_v1_feed_proto_goTypes = []any{
 	(*Batch)(nil),            // 12: loaderd.feed.v1.Batch
 	(*StatusRequest)(nil),    // 13: loaderd.feed.v1.StatusRequest
 	(*StatusResponse)(nil),   // 14: loaderd.feed.v1.StatusResponse
-	(*SessionStatus)(nil),    // 15: loaderd.feed.v1.SessionStatus
-	(*VersionRequest)(nil),   // 16: loaderd.feed.v1.VersionRequest
-	(*VersionResponse)(nil),  // 17: loaderd.feed.v1.VersionResponse
-	nil,                      // 18: loaderd.feed.v1.DatasetSpec.OptionsEntry
+	(*PlanStatus)(nil),       // 15: loaderd.feed.v1.PlanStatus
+	(*SessionStatus)(nil),    // 16: loaderd.feed.v1.SessionStatus
+	(*VersionRequest)(nil),   // 17: loaderd.feed.v1.VersionRequest
+	(*VersionResponse)(nil),  // 18: loaderd.feed.v1.VersionResponse
+	(*PlanRequest)(nil),      // 19: loaderd.feed.v1.PlanRequest
+	(*PlanResponse)(nil),     // 20: loaderd.feed.v1.PlanResponse
+	nil,                      // 21: loaderd.feed.v1.DatasetSpec.OptionsEntry
 }
 var file_loaderd_feed_v1_feed_proto_depIdxs = []int32{
 	4,  // 0: loaderd.feed.v1.DatasetSpec.shuffle:type_name -> loaderd.feed.v1.Shuffle
 	0,  // 1: loaderd.feed.v1.DatasetSpec.on_error:type_name -> loaderd.feed.v1.OnError
-	18, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
+	21, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
 	3,  // 3: loaderd.feed.v1.DescribeRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
 	8,  // 4: loaderd.feed.v1.StreamRequest.open:type_name -> loaderd.feed.v1.OpenStream
 	9,  // 5: loaderd.feed.v1.StreamRequest.ack:type_name -> loaderd.feed.v1.Ack
@@ -1416,20 +1652,24 @@ var file_loaderd_feed_v1_feed_proto_depIdxs = []int32{
 	11, // 9: loaderd.feed.v1.StreamResponse.header:type_name -> loaderd.feed.v1.StreamHeader
 	12, // 10: loaderd.feed.v1.StreamResponse.batch:type_name -> loaderd.feed.v1.Batch
 	2,  // 11: loaderd.feed.v1.StreamHeader.transport:type_name -> loaderd.feed.v1.Transport
-	15, // 12: loaderd.feed.v1.StatusResponse.sessions:type_name -> loaderd.feed.v1.SessionStatus
-	5,  // 13: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
-	7,  // 14: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
-	13, // 15: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
-	16, // 16: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
-	6,  // 17: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
-	10, // 18: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
-	14, // 19: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
-	17, // 20: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
-	17, // [17:21] is the sub-list for method output_type
-	13, // [13:17] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	16, // 12: loaderd.feed.v1.StatusResponse.sessions:type_name -> loaderd.feed.v1.SessionStatus
+	15, // 13: loaderd.feed.v1.StatusResponse.plans:type_name -> loaderd.feed.v1.PlanStatus
+	8,  // 14: loaderd.feed.v1.PlanRequest.open:type_name -> loaderd.feed.v1.OpenStream
+	5,  // 15: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
+	7,  // 16: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
+	13, // 17: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
+	17, // 18: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
+	19, // 19: loaderd.feed.v1.Feed.Plan:input_type -> loaderd.feed.v1.PlanRequest
+	6,  // 20: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
+	10, // 21: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
+	14, // 22: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
+	18, // 23: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
+	20, // 24: loaderd.feed.v1.Feed.Plan:output_type -> loaderd.feed.v1.PlanResponse
+	20, // [20:25] is the sub-list for method output_type
+	15, // [15:20] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_loaderd_feed_v1_feed_proto_init() }
@@ -1451,7 +1691,7 @@ func file_loaderd_feed_v1_feed_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loaderd_feed_v1_feed_proto_rawDesc), len(file_loaderd_feed_v1_feed_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   16,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

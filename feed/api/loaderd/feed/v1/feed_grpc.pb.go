@@ -29,6 +29,7 @@ const (
 	Feed_Stream_FullMethodName   = "/loaderd.feed.v1.Feed/Stream"
 	Feed_Status_FullMethodName   = "/loaderd.feed.v1.Feed/Status"
 	Feed_Version_FullMethodName  = "/loaderd.feed.v1.Feed/Version"
+	Feed_Plan_FullMethodName     = "/loaderd.feed.v1.Feed/Plan"
 )
 
 // FeedClient is the client API for Feed service.
@@ -45,6 +46,10 @@ type FeedClient interface {
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 	// Version reports the daemon's build.
 	Version(ctx context.Context, in *VersionRequest, opts ...grpc.CallOption) (*VersionResponse, error)
+	// Plan describes one rank's share of an epoch without streaming it. Its
+	// plan_fingerprint is the same on every node that computes the same global
+	// plan, so the ranks of a multi-node job can check that they agree.
+	Plan(ctx context.Context, in *PlanRequest, opts ...grpc.CallOption) (*PlanResponse, error)
 }
 
 type feedClient struct {
@@ -98,6 +103,16 @@ func (c *feedClient) Version(ctx context.Context, in *VersionRequest, opts ...gr
 	return out, nil
 }
 
+func (c *feedClient) Plan(ctx context.Context, in *PlanRequest, opts ...grpc.CallOption) (*PlanResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PlanResponse)
+	err := c.cc.Invoke(ctx, Feed_Plan_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FeedServer is the server API for Feed service.
 // All implementations must embed UnimplementedFeedServer
 // for forward compatibility.
@@ -112,6 +127,10 @@ type FeedServer interface {
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	// Version reports the daemon's build.
 	Version(context.Context, *VersionRequest) (*VersionResponse, error)
+	// Plan describes one rank's share of an epoch without streaming it. Its
+	// plan_fingerprint is the same on every node that computes the same global
+	// plan, so the ranks of a multi-node job can check that they agree.
+	Plan(context.Context, *PlanRequest) (*PlanResponse, error)
 	mustEmbedUnimplementedFeedServer()
 }
 
@@ -133,6 +152,9 @@ func (UnimplementedFeedServer) Status(context.Context, *StatusRequest) (*StatusR
 }
 func (UnimplementedFeedServer) Version(context.Context, *VersionRequest) (*VersionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Version not implemented")
+}
+func (UnimplementedFeedServer) Plan(context.Context, *PlanRequest) (*PlanResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Plan not implemented")
 }
 func (UnimplementedFeedServer) mustEmbedUnimplementedFeedServer() {}
 func (UnimplementedFeedServer) testEmbeddedByValue()              {}
@@ -216,6 +238,24 @@ func _Feed_Version_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Feed_Plan_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PlanRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FeedServer).Plan(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Feed_Plan_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FeedServer).Plan(ctx, req.(*PlanRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Feed_ServiceDesc is the grpc.ServiceDesc for Feed service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -234,6 +274,10 @@ var Feed_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Version",
 			Handler:    _Feed_Version_Handler,
+		},
+		{
+			MethodName: "Plan",
+			Handler:    _Feed_Plan_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

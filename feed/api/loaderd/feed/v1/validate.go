@@ -74,6 +74,24 @@ func (r *StreamRequest) Validate() error {
 
 // Validate implements the validator interceptor's interface.
 func (o *OpenStream) Validate() error {
+	if err := o.validateShare(); err != nil {
+		return err
+	}
+	if b := o.GetBatchSize(); b < 1 || b > MaxBatchSize {
+		return fmt.Errorf("batch_size %d, want 1..%d", b, MaxBatchSize)
+	}
+	if o.GetStartSample() < 0 {
+		return fmt.Errorf("start_sample %d is negative", o.GetStartSample())
+	}
+	if len(o.GetJob()) > MaxJobName {
+		return fmt.Errorf("job name longer than %d bytes", MaxJobName)
+	}
+	return nil
+}
+
+// validateShare checks what names a rank's share of an epoch: the fields a
+// PlanRequest uses.
+func (o *OpenStream) validateShare() error {
 	if err := o.GetDataset().Validate(); err != nil {
 		return err
 	}
@@ -83,17 +101,16 @@ func (o *OpenStream) Validate() error {
 	if r := o.GetRank(); r < 0 || r >= o.GetWorldSize() {
 		return fmt.Errorf("rank %d is outside world size %d", r, o.GetWorldSize())
 	}
-	if b := o.GetBatchSize(); b < 1 || b > MaxBatchSize {
-		return fmt.Errorf("batch_size %d, want 1..%d", b, MaxBatchSize)
-	}
 	if o.GetEpoch() < 0 {
 		return fmt.Errorf("epoch %d is negative", o.GetEpoch())
 	}
-	if o.GetStartSample() < 0 {
-		return fmt.Errorf("start_sample %d is negative", o.GetStartSample())
-	}
-	if len(o.GetJob()) > MaxJobName {
-		return fmt.Errorf("job name longer than %d bytes", MaxJobName)
-	}
 	return nil
+}
+
+// Validate implements the validator interceptor's interface.
+func (r *PlanRequest) Validate() error {
+	if r.GetOpen() == nil {
+		return errors.New("plan request names no share (open is empty)")
+	}
+	return r.GetOpen().validateShare()
 }
