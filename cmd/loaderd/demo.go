@@ -67,9 +67,10 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		c.rows, c.files, humanize.IBytes(uint64(size)), time.Since(start).Seconds())
 
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	cfg := Config{Socket: filepath.Join(dir, "loaderd.sock"), DataRoots: []string{dir}, CacheBytes: 512 << 20}
+	cfg := defaultConfig()
+	cfg.Socket, cfg.DataRoots, cfg.CacheBytes = filepath.Join(dir, "loaderd.sock"), []string{dir}, 512<<20
 	cfg.EnsureDefaults()
-	d, err := newDaemon(cfg, log)
+	d, err := newDaemon(cfg, nil, nil, log)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -28,7 +29,8 @@ const usage = `loaderd — a per-node data-loading daemon for ML training
 Usage:
   loaderd serve   [flags]   run the daemon (loaderd serve -h for flags)
   loaderd demo    [flags]   write a sample dataset, serve it, stream it to 4 ranks, verify, report
-  loaderd status  [--socket PATH]   sessions and throughput of a running daemon
+  loaderd status  [--socket PATH]   sessions, throughput and plans of a running daemon
+  loaderd health  [--socket PATH] [--timeout D]   exit 0 when the daemon serves (for probes)
   loaderd version
 `
 
@@ -39,7 +41,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "serve":
-		return serve(ctx, rest, stderr)
+		return serve(ctx, rest, stdout, stderr)
+	case "health":
+		return healthCmd(ctx, rest, stdout, stderr)
 	case "demo":
 		return demo(ctx, rest, stdout, stderr)
 	case "status":
@@ -56,14 +60,43 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 }
 
+// daemonFlags are how client commands find the daemon: --socket, else the
+// socket of a --config file (the one serve uses), else the default.
+type daemonFlags struct{ socket, config *string }
+
+func addDaemonFlags(fs *flag.FlagSet) daemonFlags {
+	return daemonFlags{
+		socket: fs.String("socket", "", "daemon socket (default: the --config file's, else $LOADERD_SOCKET, else per-user runtime dir)"),
+		config: fs.String("config", "", "the daemon's config file, to take its socket from"),
+	}
+}
+
+func (f daemonFlags) resolve() (string, error) {
+	if *f.socket != "" {
+		return *f.socket, nil
+	}
+	cfg := defaultConfig()
+	if *f.config != "" {
+		if _, err := loadFile(*f.config, &cfg); err != nil {
+			return "", err
+		}
+	}
+	cfg.EnsureDefaults()
+	return cfg.Socket, nil
+}
+
 func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	socket := fs.String("socket", feed.DefaultSocket(), "daemon socket (default: $LOADERD_SOCKET, else per-user runtime dir)")
+	df := addDaemonFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	c, err := feed.Dial(*socket)
+	socket, err := df.resolve()
+	if err != nil {
+		return err
+	}
+	c, err := feed.Dial(socket)
 	if err != nil {
 		return err
 	}
@@ -72,9 +105,9 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	defer cancel()
 	st, err := c.Status(ctx)
 	if err != nil {
-		return fmt.Errorf("no daemon answers on %s (start one with `loaderd serve --socket %s`): %w", *socket, *socket, err)
+		return fmt.Errorf("no daemon answers on %s (start one with `loaderd serve --socket %s`): %w", socket, socket, err)
 	}
-	fmt.Fprintf(stdout, "loaderd %s on %s, up %s, %d sessions\n", st.Version, *socket,
+	fmt.Fprintf(stdout, "loaderd %s on %s, up %s, %d sessions\n", st.Version, socket,
 		(time.Duration(st.Uptime) * time.Second).Round(time.Second), len(st.Sessions))
 	if len(st.Sessions) == 0 {
 		return nil
@@ -85,5 +118,49 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%d\t%d\t%.1f\t%.1f\t%d\n", s.ID, s.Job, s.Rank, s.World, s.Epoch,
 			s.Batches, s.Rows, float64(s.Bytes)/1e6, s.BatchesPerSecond, s.QueueDepth)
 	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// Every node of a multi-node job should show the same PLAN for a job and
+	// epoch; its RANKS are the global ranks this node serves.
+	fmt.Fprintln(stdout)
+	tw = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "JOB\tEPOCH\tWORLD\tPLAN\tRANKS HERE")
+	for _, p := range st.Plans {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", p.Job, p.Epoch, p.World, p.Fingerprint, strings.Trim(fmt.Sprint(p.Ranks), "[]"))
+	}
 	return tw.Flush()
+}
+
+// healthCmd asks the daemon's gRPC health service, for probes (Kubernetes
+// exec probes, scripts): exit 0 and "SERVING" when it serves, 1 otherwise.
+func healthCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("health", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	df := addDaemonFlags(fs)
+	timeout := fs.Duration("timeout", 3*time.Second, "how long to wait for the answer")
+	service := fs.String("service", "", "service to ask about, e.g. loaderd.feed.v1.Feed (default: the daemon as a whole)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	socket, err := df.resolve()
+	if err != nil {
+		return err
+	}
+	c, err := feed.Dial(socket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	st, err := c.Health(ctx, *service)
+	if err != nil {
+		return fmt.Errorf("no daemon answers on %s: %w", socket, err)
+	}
+	fmt.Fprintln(stdout, st)
+	if st != "SERVING" {
+		return fmt.Errorf("daemon on %s is %s", socket, st)
+	}
+	return nil
 }
