@@ -42,6 +42,22 @@ def test_get_dataset_shard_from_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("RANK", "x")
     with pytest.raises(loaderd.InvalidArgumentError, match="integers"):
         loaderd.get_dataset_shard(ds)
+    # Without RANK: node rank × ranks per node + local rank.
+    monkeypatch.delenv("RANK")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("NODE_RANK", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert loaderd.get_dataset_shard(ds).rank == 7
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(loaderd.InvalidArgumentError, match="LOCAL_RANK=3 is outside LOCAL_WORLD_SIZE=3"):
+        loaderd.get_dataset_shard(ds)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(loaderd.InvalidArgumentError, match="rank 8 is outside world_size 8"):
+        loaderd.get_dataset_shard(ds)
+    # RANK, when set, wins.
+    monkeypatch.setenv("RANK", "0")
+    assert loaderd.get_dataset_shard(ds).rank == 0
 
 
 @pytest.mark.parametrize(

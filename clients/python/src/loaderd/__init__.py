@@ -13,7 +13,7 @@ serve``); the client only describes what it wants and receives batches.
 
 from loaderd._socket import default_socket
 from loaderd._version import __version__
-from loaderd.dataset import Dataset, Shard, get_dataset_shard, read_parquet
+from loaderd.dataset import Dataset, Shard, ShardPlan, get_dataset_shard, read_parquet
 from loaderd.errors import (
     DaemonUnavailableError,
     DataError,
@@ -35,6 +35,7 @@ __all__ = [
     "PermissionDeniedError",
     "ResourceExhaustedError",
     "Shard",
+    "ShardPlan",
     "UnsupportedError",
     "__version__",
     "default_socket",

@@ -38,6 +38,7 @@ class StreamHeader:
     num_samples: int
     start_sample: int
     padding_samples: int
+    plan_fingerprint: str
 
 
 class Client:
@@ -72,6 +73,13 @@ class Client:
     def describe(self, spec: feed_pb2.DatasetSpec) -> feed_pb2.DescribeResponse:
         try:
             resp: feed_pb2.DescribeResponse = self._api().Describe(feed_pb2.DescribeRequest(dataset=spec))
+            return resp
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def plan(self, open_req: feed_pb2.OpenStream) -> feed_pb2.PlanResponse:
+        try:
+            resp: feed_pb2.PlanResponse = self._api().Plan(feed_pb2.PlanRequest(open=open_req), timeout=60)
             return resp
         except grpc.RpcError as err:
             raise self._error(err) from None
@@ -124,6 +132,7 @@ class BatchStream:
             num_samples=h.num_samples,
             start_sample=h.start_sample,
             padding_samples=h.padding_samples,
+            plan_fingerprint=h.plan_fingerprint,
         )
 
     def _request_iter(self) -> Iterator[feed_pb2.StreamRequest]:

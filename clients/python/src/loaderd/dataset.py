@@ -20,7 +20,7 @@ from loaderd._formats import BATCH_FORMATS, format_batch
 from loaderd._proto import feed_pb2
 from loaderd.errors import InvalidArgumentError
 
-__all__ = ["Dataset", "Shard", "get_dataset_shard", "read_parquet"]
+__all__ = ["Dataset", "Shard", "ShardPlan", "get_dataset_shard", "read_parquet"]
 
 ShardMode = Literal["even", "exact"]
 OnError = Literal["raise", "skip"]
@@ -119,6 +119,22 @@ class Dataset:
         )
 
 
+@dataclass(frozen=True)
+class ShardPlan:
+    """One rank's share of an epoch, as its daemon plans it."""
+
+    fingerprint: str
+    """Identifies the epoch's global plan (files, block order, world size,
+    mode, shuffle, epoch): equal on every node that serves the same plan, so
+    the ranks of a multi-node job can compare it (e.g. with an all-gather)."""
+    num_samples: int
+    """Samples this rank gets, padding included."""
+    padding_samples: int
+    """Trailing samples that repeat earlier ones (``even`` mode)."""
+    total_samples: int
+    """Distinct samples in the epoch, all ranks together."""
+
+
 class Shard:
     """One rank's view of a dataset. Iterate it once per epoch."""
 
@@ -137,6 +153,26 @@ class Shard:
 
     def __repr__(self) -> str:
         return f"Shard(rank={self.rank}, world_size={self.world_size}, mode={self.mode!r}, {self.dataset!r})"
+
+    def _open(self, epoch: int, batch_size: int = 0, drop_last: bool = False) -> feed_pb2.OpenStream:
+        return feed_pb2.OpenStream(
+            dataset=self.dataset._spec.to_proto(),
+            rank=self.rank,
+            world_size=self.world_size,
+            mode=feed_pb2.SHARD_MODE_EXACT if self.mode == "exact" else feed_pb2.SHARD_MODE_EVEN,
+            epoch=epoch,
+            batch_size=batch_size,
+            drop_last=drop_last,
+            job=self.job,
+        )
+
+    def plan(self, epoch: int = 0) -> ShardPlan:
+        """This rank's share of ``epoch`` and the fingerprint of the global
+        plan, without reading any data."""
+        if epoch < 0:
+            raise InvalidArgumentError(f"epoch must not be negative, got {epoch}")
+        resp = self.dataset._client.plan(self._open(epoch))
+        return ShardPlan(resp.plan_fingerprint, resp.num_samples, resp.padding_samples, resp.total_samples)
 
     def iter_batches(
         self,
@@ -160,17 +196,7 @@ class Shard:
             raise InvalidArgumentError(f"epoch must not be negative, got {epoch}")
         if batch_format not in BATCH_FORMATS:
             raise InvalidArgumentError(f"batch_format must be one of {BATCH_FORMATS}, got {batch_format!r}")
-        req = feed_pb2.OpenStream(
-            dataset=self.dataset._spec.to_proto(),
-            rank=self.rank,
-            world_size=self.world_size,
-            mode=feed_pb2.SHARD_MODE_EXACT if self.mode == "exact" else feed_pb2.SHARD_MODE_EVEN,
-            epoch=epoch,
-            batch_size=batch_size,
-            drop_last=drop_last,
-            job=self.job,
-        )
-        return self._iter(req, batch_format, padding_column)
+        return self._iter(self._open(epoch, batch_size, drop_last), batch_format, padding_column)
 
     def _iter(self, req: feed_pb2.OpenStream, batch_format: str, padding_column: str | None) -> Iterator[Any]:
         stream = self.dataset._client.stream(req)
@@ -209,18 +235,36 @@ def read_parquet(
 
 
 def get_dataset_shard(ds: Dataset, mode: ShardMode = "even") -> Shard:
-    """This process's shard, from the ``RANK`` and ``WORLD_SIZE`` environment
-    variables that torchrun and most launchers set."""
-    missing = [v for v in ("RANK", "WORLD_SIZE") if v not in os.environ]
-    if missing:
+    """This process's shard, from the environment that torchrun and most
+    launchers set: ``RANK`` and ``WORLD_SIZE``; without ``RANK``, the global
+    rank is ``NODE_RANK * LOCAL_WORLD_SIZE + LOCAL_RANK`` (nodes with the same
+    number of ranks each, as torchrun makes them).
+
+    On many nodes, each rank talks to its own node's daemon (the socket is
+    per node); every daemon computes the same global plan, so the ranks
+    together read each sample of an epoch exactly once, with no coordinator.
+    """
+    env = os.environ
+
+    def ints(*names: str) -> list[int] | None:
+        if not all(n in env for n in names):
+            return None
+        try:
+            return [int(env[n]) for n in names]
+        except ValueError:
+            shown = " and ".join(f"{n}={env[n]!r}" for n in names)
+            raise InvalidArgumentError(f"{shown} must be integers") from None
+
+    world = ints("WORLD_SIZE")
+    rank = ints("RANK")
+    if rank is None and (local := ints("NODE_RANK", "LOCAL_WORLD_SIZE", "LOCAL_RANK")) is not None:
+        node, per_node, local_rank = local
+        if not 0 <= local_rank < per_node:
+            raise InvalidArgumentError(f"LOCAL_RANK={local_rank} is outside LOCAL_WORLD_SIZE={per_node}")
+        rank = [node * per_node + local_rank]
+    if world is None or rank is None:
         raise InvalidArgumentError(
-            f"get_dataset_shard needs {' and '.join(missing)} in the environment "
-            "(set by torchrun); or call ds.shard(rank, world_size)"
+            "get_dataset_shard needs RANK and WORLD_SIZE in the environment (set by torchrun), or "
+            "WORLD_SIZE with NODE_RANK, LOCAL_RANK and LOCAL_WORLD_SIZE; or call ds.shard(rank, world_size)"
         )
-    try:
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    except ValueError:
-        raise InvalidArgumentError(
-            f"RANK={os.environ['RANK']!r} and WORLD_SIZE={os.environ['WORLD_SIZE']!r} must be integers"
-        ) from None
-    return ds.shard(rank, world, mode)
+    return ds.shard(rank[0], world[0], mode)
