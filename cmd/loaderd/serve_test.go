@@ -27,7 +27,7 @@ func listenNotify(t *testing.T) *notifications {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { _ = conn.Close() })
 	t.Setenv("NOTIFY_SOCKET", path)
 	return &notifications{conn: conn}
 }
