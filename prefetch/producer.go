@@ -97,34 +97,55 @@ func (p *producer) fetch(ctx context.Context, jobs chan<- job, reqs chan<- *futu
 
 func (p *producer) read(ctx context.Context, reqs <-chan *future) {
 	for f := range reqs {
+		var rec arrow.RecordBatch
+		var rerr error
 		err := p.opts.Pool.do(ctx, func() {
 			defer func() {
 				if r := recover(); r != nil {
-					f.err = fmt.Errorf("prefetch: reading block %d panicked: %v", f.block, r)
+					rerr = fmt.Errorf("prefetch: reading block %d panicked: %v", f.block, r)
 				}
 			}()
-			f.rec, f.err = p.src.ReadBlock(ctx, f.block, p.opts.Mem)
+			rec, rerr = p.src.ReadBlock(ctx, f.block, p.opts.Mem)
 		})
 		if err != nil {
-			f.err = err
+			rerr = err
 		}
-		close(f.done)
+		f.finish(rec, rerr)
 	}
 }
 
+// finish records a read's result, or releases it at once when the future
+// was given up while it was being read (the assembler stopped on an error in
+// the same window): nobody else would.
+func (f *future) finish(rec arrow.RecordBatch, err error) {
+	f.mu.Lock()
+	orphan := f.released
+	if !orphan {
+		f.rec, f.err = rec, err
+	}
+	f.mu.Unlock()
+	if orphan && rec != nil {
+		rec.Release()
+	}
+	close(f.done)
+}
+
 func (f *future) release() {
-	if f == nil || f.released {
+	if f == nil {
+		return
+	}
+	f.mu.Lock()
+	if f.released {
+		f.mu.Unlock()
 		return
 	}
 	f.released = true
+	rec := f.rec // nil while being read: finish releases it then
+	f.rec = nil
+	f.mu.Unlock()
 	f.ahead.release(1)
-	select {
-	case <-f.done:
-		if f.rec != nil {
-			f.rec.Release()
-			f.rec = nil
-		}
-	default: // never read
+	if rec != nil {
+		rec.Release()
 	}
 }
 

@@ -124,11 +124,14 @@ func (s *Stream) Close() {
 
 // future is a block being read.
 type future struct {
-	block    int
-	done     chan struct{}
-	rec      arrow.RecordBatch
-	err      error
-	ahead    *gauge
+	block int
+	done  chan struct{}
+	rec   arrow.RecordBatch
+	err   error
+	ahead *gauge
+	// mu orders release against the reader's finish: a future may be given
+	// up while its block is still being read.
+	mu       sync.Mutex
 	released bool // by the assembler, or by run when it drains
 }
 
