@@ -19,7 +19,7 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 GOLANGCI_LINT      := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 GO_TEST_FLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all build demo test test-go test-py test-deploy protos protos-check lint bench venv deps clean
+.PHONY: all build demo test test-go test-py test-fuzz test-deploy protos protos-check lint bench venv deps clean
 
 all: build
 
@@ -83,11 +83,16 @@ test-go: deps
 test-py: build venv
 	LOADERD_BIN=$(CURDIR)/bin/loaderd $(PY) -m pytest -q -c clients/python/pyproject.toml --rootdir . clients/python/tests tests
 
+# Each parser of outside input fuzzed briefly (go test runs the seeds anyway).
+FUZZTIME ?= 10s
+test-fuzz: deps
+	$(GO) test -run '^$$' -fuzz '^FuzzLoadConfig$$' -fuzztime $(FUZZTIME) ./cmd/loaderd
+
 # The systemd unit, the Kubernetes manifests and the Dockerfile, with real tools.
 test-deploy: build venv
 	LOADERD_BIN=$(CURDIR)/bin/loaderd VENV=$(VENV) bash deploy/dev/check-deploy.sh
 
-test: protos-check lint test-go test-py test-deploy
+test: protos-check lint test-go test-fuzz test-py test-deploy
 
 bench: build venv
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./shard/... ./prefetch/... ./cache/...

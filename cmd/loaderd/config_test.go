@@ -174,3 +174,51 @@ func TestSize(t *testing.T) {
 		}
 	}
 }
+
+// A config file is operator input: whatever it holds, loading it returns an
+// error or a configuration, never a panic, and a valid configuration prints
+// as a file that loads back to itself.
+func FuzzLoadConfig(f *testing.F) {
+	for _, seed := range []string{
+		"socket: /run/loaderd/loaderd.sock\ndata-root: [/data]\ncache-bytes: 8GiB\nworkers: 0\nlog-level: info\nallow-gid: [loaderd]\n",
+		"data-root: /data\ncache-bytes: 1073741824\n",
+		"cache-bytes: 1.5GiB\nlog-level: DEBUG+2\nallow-uid: [0, 1000]\n",
+		"workers: [1]\n", "- a\n", "a: [\n", "socket: ~\n", "{}", "", "cache-bytes: -1\n", "x: 1\nx: 2\n",
+		"data-root: &a [/x]\nallow-uid: *a\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		path := filepath.Join(dir, "fuzz.yaml")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c := defaultConfig()
+		if _, err := loadFile(path, &c); err != nil {
+			if !strings.Contains(err.Error(), path) {
+				t.Fatalf("error does not name the file: %v", err)
+			}
+			return
+		}
+		c.EnsureDefaults()
+		if c.Validate() != nil {
+			return
+		}
+		out, err := c.marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, out, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		again := defaultConfig()
+		if _, err := loadFile(path, &again); err != nil {
+			t.Fatalf("printed config does not load: %v\n%s", err, out)
+		}
+		again.EnsureDefaults()
+		if out2, err := again.marshal(); err != nil || !bytes.Equal(out, out2) {
+			t.Fatalf("round trip changed the config (%v):\n%s\nversus\n%s", err, out, out2)
+		}
+	})
+}
