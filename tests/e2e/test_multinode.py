@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 import loaderd
@@ -114,3 +115,42 @@ def test_three_nodes_eight_ranks_exactly_once(binary: str, gen_dir: Path, tmp_pa
             assert shard.plan(1).fingerprint == reports[r]["plans"][1]["fingerprint"]
             ids = np.concatenate([b["id"] for b in shard.iter_batches(batch_size=4096, epoch=1)])
             assert np.array_equal(ids, reports[r]["ids1"]), f"rank {r}: a single daemon orders it differently"
+
+
+def test_status_shows_the_same_plan_on_every_node(binary: str, tmp_path: Path) -> None:
+    """What an operator compares: `loaderd status` on each node lists the
+    job's plan fingerprint and the global ranks that node serves."""
+    # Each rank's share (~34 MB) outgrows gRPC's flow-control windows, so a
+    # session stays open while its trainer holds the iterator.
+    n = 400_000
+    blob = np.full(n, b"b" * 250, dtype="S250")
+    pq.write_table(
+        pa.table({"id": np.arange(n), "blob": blob}), tmp_path / "blobs.parquet", row_group_size=20_000
+    )
+    files = [str(tmp_path / "blobs.parquet")]
+    with Daemon([str(tmp_path)], binary=binary) as a, Daemon([str(tmp_path)], binary=binary) as b:
+        streams = []
+        for node, rank in ((a, 0), (b, 1), (b, 2)):
+            ds = loaderd.read_parquet(files, socket=node.socket).shuffle(seed=9)
+            shard = ds.shard(rank, 3)
+            shard.job = "status-check"
+            it = shard.iter_batches(batch_size=1000, epoch=3)
+            next(it)  # the session stays open while the trainer holds the iterator
+            streams.append(it)
+        tables = []
+        for node in (a, b):
+            p = subprocess.run(
+                [binary, "status", "--socket", node.socket], capture_output=True, text=True, timeout=30
+            )
+            assert p.returncode == 0, p.stderr
+            tables.append(p.stdout)
+        for it in streams:
+            it.close()
+    plans = []
+    for out, ranks in zip(tables, ("0", "1 2"), strict=True):
+        lines = out.splitlines()
+        head = lines.index(next(line for line in lines if line.startswith("JOB")))
+        row = lines[head + 1].split(maxsplit=4)
+        assert row[:3] == ["status-check", "3", "3"] and row[4] == ranks, out
+        plans.append(row[3])
+    assert plans[0] == plans[1] and len(plans[0]) == 32, tables
