@@ -19,7 +19,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestConcurrentMissesLoadOnce(t *testing.T) {
-	c, err := New(64 << 20)
+	c, err := New(Options{Budget: 64 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestStoreReadsThroughCache(t *testing.T) {
 	}
 	local, _ := shard.NewLocalStore([]string{dir})
 	inner := &countingStore{Store: local}
-	c, _ := New(64 << 20)
+	c, _ := New(Options{Budget: 64 << 20})
 	defer c.Close()
 	s := NewStore(inner, c)
 	ctx := context.Background()

@@ -205,7 +205,50 @@ type SessionReport struct {
 	Epoch                int64
 	Batches, Rows, Bytes int64
 	BatchesPerSecond     float64
-	QueueDepth           int
+	QueueDepth, QueueCap int
+	// Stall and Age are seconds: waiting on an empty queue, and since the
+	// session opened.
+	Stall, Age float64
+	// Prepared: the epoch was prepared before the session asked.
+	Prepared bool
+}
+
+// StallFraction is the share of the session's life spent waiting for batches.
+func (r SessionReport) StallFraction() float64 {
+	if r.Age <= 0 {
+		return 0
+	}
+	return r.Stall / r.Age
+}
+
+// CacheReport is the block cache's part of a status report.
+type CacheReport struct {
+	Budget, Bytes                  int64
+	Hits, Misses, Evictions, Loads int64
+	Rejections, LoadedBytes        int64
+	LoadSeconds                    float64
+}
+
+// HitRate is hits over lookups, or 0 before any.
+func (r CacheReport) HitRate() float64 {
+	if n := r.Hits + r.Misses; n > 0 {
+		return float64(r.Hits) / float64(n)
+	}
+	return 0
+}
+
+// MemoryReport is the memory budget's part of a status report.
+type MemoryReport struct {
+	Budget, DataLimit              int64
+	InUse, Idle, Charged, Reserved int64
+	WaitSeconds                    float64
+	RSS, PeakRSS                   int64
+}
+
+// LookaheadReport counts epochs prepared ahead of their sessions.
+type LookaheadReport struct {
+	Waiting                             int
+	Prepared, Claimed, Expired, Refused int64
 }
 
 // PlanReport is one global plan and the ranks a daemon serves of it.
@@ -219,10 +262,13 @@ type PlanReport struct {
 
 // StatusReport is what `loaderd status` shows.
 type StatusReport struct {
-	Version  string
-	Uptime   float64
-	Sessions []SessionReport
-	Plans    []PlanReport
+	Version   string
+	Uptime    float64
+	Sessions  []SessionReport
+	Plans     []PlanReport
+	Cache     *CacheReport  // nil when the daemon has no cache
+	Memory    *MemoryReport // nil when the daemon has no budget
+	Lookahead LookaheadReport
 }
 
 // Status asks the daemon for its status.
@@ -237,6 +283,8 @@ func (c *Client) Status(ctx context.Context) (StatusReport, error) {
 			ID: s.GetSessionId(), Job: s.GetJob(), Rank: int(s.GetRank()), World: int(s.GetWorldSize()),
 			Epoch: s.GetEpoch(), Batches: s.GetBatchesSent(), Rows: s.GetRowsSent(), Bytes: s.GetBytesSent(),
 			BatchesPerSecond: s.GetBatchesPerSecond(), QueueDepth: int(s.GetQueueDepth()),
+			QueueCap: int(s.GetQueueCapacity()), Stall: s.GetStallSeconds(), Age: s.GetAgeSeconds(),
+			Prepared: s.GetPrepared(),
 		})
 	}
 	for _, p := range resp.GetPlans() {
@@ -245,6 +293,20 @@ func (c *Client) Status(ctx context.Context) (StatusReport, error) {
 			pr.Ranks = append(pr.Ranks, int(rank))
 		}
 		r.Plans = append(r.Plans, pr)
+	}
+	if cs := resp.GetCache(); cs != nil {
+		r.Cache = &CacheReport{Budget: cs.GetBudgetBytes(), Bytes: cs.GetBytes(), Hits: cs.GetHits(),
+			Misses: cs.GetMisses(), Evictions: cs.GetEvictions(), Rejections: cs.GetRejections(),
+			Loads: cs.GetLoads(), LoadedBytes: cs.GetLoadedBytes(), LoadSeconds: cs.GetLoadSeconds()}
+	}
+	if m := resp.GetMemory(); m != nil {
+		r.Memory = &MemoryReport{Budget: m.GetBudgetBytes(), DataLimit: m.GetDataLimitBytes(), InUse: m.GetInUseBytes(), Idle: m.GetIdleBytes(),
+			Charged: m.GetChargedBytes(), Reserved: m.GetReservedBytes(), WaitSeconds: m.GetWaitSeconds(),
+			RSS: m.GetRssBytes(), PeakRSS: m.GetPeakRssBytes()}
+	}
+	if la := resp.GetLookahead(); la != nil {
+		r.Lookahead = LookaheadReport{Waiting: int(la.GetWaiting()), Prepared: la.GetPrepared(),
+			Claimed: la.GetClaimed(), Expired: la.GetExpired(), Refused: la.GetRefused()}
 	}
 	return r, nil
 }

@@ -30,7 +30,7 @@ func TestPlansAgreeAcrossDaemons(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blocks, err := cache.New(1 << 20)
+	blocks, err := cache.New(cache.Options{Budget: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}

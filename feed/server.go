@@ -1,12 +1,15 @@
 package feed
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow/memory"
@@ -15,6 +18,7 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/validator"
+	"github.com/loaderd/loaderd/cache"
 	feedv1 "github.com/loaderd/loaderd/feed/api/loaderd/feed/v1"
 	"github.com/loaderd/loaderd/prefetch"
 	"github.com/loaderd/loaderd/shard"
@@ -43,6 +47,11 @@ type Options struct {
 	ReadAhead int
 	// Datasets is how many opened datasets are kept for reuse.
 	Datasets int
+	// LookaheadTTL is how long a prepared next epoch waits for its session;
+	// MaxPrepared bounds how many wait at once (negative: no look-ahead).
+	// Zero takes prefetch's defaults.
+	LookaheadTTL time.Duration
+	MaxPrepared  int
 	// ShutdownGrace is how long open calls may run after a stop is asked for.
 	ShutdownGrace time.Duration
 	Version       string
@@ -100,7 +109,13 @@ type Deps struct {
 	Store   shard.Store
 	Formats shard.Formats
 	Pool    *prefetch.Pool
-	Mem     memory.Allocator
+	// Memory is the daemon's budget: the allocator of every block and batch,
+	// and the gate reads wait at. nil: no budget (Mem or Go's allocator).
+	Memory *prefetch.Memory
+	Mem    memory.Allocator
+	// Cache, when set, holds decoded blocks for every session.
+	Cache   *cache.Cache
+	Metrics *prefetch.Metrics
 	Logger  *slog.Logger
 }
 
@@ -110,9 +125,15 @@ type Server struct {
 	log      *slog.Logger
 	pool     *prefetch.Pool
 	mem      memory.Allocator
+	memory   *prefetch.Memory
+	cache    *cache.Cache
+	sched    *prefetch.Scheduler
 	datasets *datasets
 	sessions *sessions
+	encBufs  sync.Pool // *bytes.Buffer: writing into reused memory is faster than into fresh
 	started  time.Time
+	// served counts what every session together sent, since the start.
+	served struct{ batches, rows, bytes atomic.Int64 }
 	// base is canceled when the server stops; every session derives from it.
 	base context.Context
 }
@@ -134,25 +155,36 @@ func NewServer(opts Options, deps Deps) (*Server, error) {
 	}
 	if deps.Mem == nil {
 		deps.Mem = memory.DefaultAllocator
+		if deps.Memory != nil {
+			deps.Mem = deps.Memory
+		}
 	}
-	return &Server{
-		opts: opts, log: deps.Logger, pool: deps.Pool, mem: deps.Mem,
+	s := &Server{
+		opts: opts, log: deps.Logger, pool: deps.Pool, mem: deps.Mem, memory: deps.Memory, cache: deps.Cache,
+		sched: prefetch.NewScheduler(prefetch.SchedulerOptions{
+			Pool: deps.Pool, Memory: deps.Memory, Metrics: deps.Metrics, Logger: deps.Logger,
+			LookaheadTTL: opts.LookaheadTTL, MaxPrepared: opts.MaxPrepared,
+		}),
 		datasets: newDatasets(shard.OpenOptions{Store: deps.Store, Formats: deps.Formats}, opts.Datasets),
 		sessions: newSessions(),
-	}, nil
+	}
+	s.encBufs.New = func() any { return new(bytes.Buffer) }
+	return s, nil
 }
 
 // Socket is the path the server listens on.
 func (s *Server) Socket() string { return s.opts.Socket }
 
 // Serve listens on the socket and serves until ctx is done; then it stops
-// taking calls, cancels open sessions, waits up to ShutdownGrace, removes the
-// socket and returns nil. ready, if not nil, is called once listening.
+// taking calls, cancels open sessions and prepared epochs, waits up to
+// ShutdownGrace, removes the socket and returns nil. ready, if not nil, is
+// called once listening. A server serves once.
 //
 // The socket also serves the standard gRPC health service (grpc.health.v1):
 // SERVING, for the server as a whole ("") and for the feed service, from the
 // moment it listens; NOT_SERVING as soon as it begins to stop.
 func (s *Server) Serve(ctx context.Context, ready func()) error {
+	defer s.sched.Close()
 	l, err := listen(s.opts.Socket, s.opts.SocketDirMode)
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	feedv1 "github.com/loaderd/loaderd/feed/api/loaderd/feed/v1"
+	"github.com/loaderd/loaderd/prefetch"
 )
 
 // session is one open stream: one rank of one job reading one epoch.
@@ -21,7 +22,7 @@ type session struct {
 	started time.Time
 
 	batches, rows, bytes atomic.Int64
-	queueDepth           func() int
+	stream               *prefetch.Stream
 }
 
 // sessions is the registry behind Status.
@@ -57,8 +58,12 @@ func (r *sessions) status(now time.Time) []*feedv1.SessionStatus {
 		if secs := now.Sub(s.started).Seconds(); secs > 0 {
 			st.BatchesPerSecond = float64(st.BatchesSent) / secs
 		}
-		if s.queueDepth != nil {
-			st.QueueDepth = int32(s.queueDepth())
+		st.AgeSeconds = now.Sub(s.started).Seconds()
+		if s.stream != nil {
+			st.QueueDepth = int32(s.stream.QueueDepth())
+			st.QueueCapacity = int32(s.stream.QueueCap())
+			st.StallSeconds = s.stream.Stall().Seconds()
+			st.Prepared = s.stream.Prepared()
 		}
 		out = append(out, st)
 	}
@@ -96,5 +101,16 @@ func (r *sessions) plans() []*feedv1.PlanStatus {
 		return cmp.Or(cmp.Compare(a.GetJob(), b.GetJob()), cmp.Compare(a.GetEpoch(), b.GetEpoch()),
 			cmp.Compare(a.GetPlanFingerprint(), b.GetPlanFingerprint()))
 	})
+	return out
+}
+
+// snapshot returns the open sessions.
+func (r *sessions) snapshot() []*session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*session, 0, len(r.byID))
+	for _, s := range r.byID {
+		out = append(out, s)
+	}
 	return out
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/loaderd/loaderd/shard"
@@ -40,6 +41,7 @@ func (p *producer) run(ctx context.Context) {
 		for _, f := range j.futures {
 			f.release()
 		}
+		p.assembled(&j)
 	}
 	if err != nil && ctx.Err() == nil {
 		p.s.out <- item{err: err} // the queue has room: nothing was sent after the error
@@ -49,9 +51,11 @@ func (p *producer) run(ctx context.Context) {
 // fetch walks the windows from the start sample on. A window's first segment
 // that continues the previous window's last block gets no future: the
 // assembler still holds that block. Before a window's blocks are asked for,
-// fewer than ReadAhead blocks may be read and not yet released; a window's
+// fewer than ReadAhead blocks may be read and not yet released, and the
+// memory budget must have room for what decoding them will take; a window's
 // blocks are then asked for together, so the assembler never waits for a
-// block the fetcher holds back.
+// block the fetcher holds back, and every admitted read runs to its end
+// without waiting for memory again (no reader can wait on another).
 func (p *producer) fetch(ctx context.Context, jobs chan<- job, reqs chan<- *future) {
 	defer close(jobs)
 	defer close(reqs)
@@ -61,30 +65,57 @@ func (p *producer) fetch(ctx context.Context, jobs chan<- job, reqs chan<- *futu
 		if err != nil {
 			panic(fmt.Sprintf("prefetch: plan has no window at %d of %d: %v", k, p.plan.Len(), err))
 		}
+		if w.First+w.Len >= p.plan.Len() && p.onLast != nil {
+			p.onLast()
+		}
 		j := job{w: w, futures: make([]*future, len(w.Segments))}
 		n := 0
+		var est int64
 		for i, seg := range w.Segments {
 			if i == 0 && seg.Block == prevLast {
 				continue
 			}
-			j.futures[i] = &future{block: seg.Block, done: make(chan struct{}), ahead: p.ahead}
+			f := &future{block: seg.Block, done: make(chan struct{}), ahead: p.ahead}
+			if p.opts.Memory != nil {
+				f.est = p.estimate(seg.Block)
+				est += f.est
+			}
+			j.futures[i] = f
 			n++
 		}
 		if n > 0 && !p.ahead.acquire(p.opts.ReadAhead, n) {
 			return
 		}
+		if p.opts.Memory != nil {
+			// What assembling the window makes: its rows gathered (shuffled:
+			// concatenated, then taken in order) and cut into batches.
+			copies := int64(1)
+			if w.Perm != nil {
+				copies = 2
+			}
+			j.products = w.Len * p.rowBytes.Load() * copies
+		}
+		if est+j.products > 0 {
+			if p.opts.Memory.Reserve(ctx, est+j.products, p.s.starving) != nil {
+				return
+			}
+			p.s.inflight.Add(est)
+		}
 		select {
 		case jobs <- j:
 		case <-ctx.Done():
+			p.unreserve(j.futures)
+			p.assembled(&j)
 			return
 		}
-		for _, f := range j.futures {
+		for i, f := range j.futures {
 			if f == nil {
 				continue
 			}
 			select {
 			case reqs <- f:
 			case <-ctx.Done():
+				p.unreserve(j.futures[i:])
 				return
 			}
 		}
@@ -95,11 +126,66 @@ func (p *producer) fetch(ctx context.Context, jobs chan<- job, reqs chan<- *futu
 	}
 }
 
+// estimate guesses the bytes that decoding a block will hold.
+func (p *producer) estimate(block int) int64 {
+	r := p.ratio.Load()
+	if p.sizer == nil {
+		return r // bytes per block
+	}
+	if r == 0 {
+		r = 1 << 10 // decoded the stored size, until one is seen
+	}
+	return p.sizer.BlockBytes(block) * r >> 10
+}
+
+// learn updates the estimates from a decoded block: they follow increases
+// at once and decreases slowly, so reservations err on the large side.
+func (p *producer) learn(block int, rec arrow.RecordBatch) {
+	size := shard.RecordBytes(rec)
+	if rows := rec.NumRows(); rows > 0 {
+		old := p.rowBytes.Load()
+		p.rowBytes.Store(max((size+rows-1)/rows, old-old/8))
+	}
+	obs := size
+	if p.sizer != nil {
+		stored := p.sizer.BlockBytes(block)
+		if stored <= 0 {
+			return
+		}
+		obs = size << 10 / stored
+	}
+	old := p.ratio.Load()
+	p.ratio.Store(max(obs, old-old/8))
+}
+
+// assembled returns a job's reservation for what assembling it makes: once
+// made, those bytes are in use and counted as such.
+func (p *producer) assembled(j *job) {
+	if j.products > 0 {
+		p.opts.Memory.Unreserve(j.products)
+		j.products = 0
+	}
+}
+
+// unreserve returns the reservations of futures no reader will see.
+func (p *producer) unreserve(fs []*future) {
+	for _, f := range fs {
+		if f != nil && f.est > 0 {
+			p.opts.Memory.Unreserve(f.est)
+			if p.s.inflight.Add(-f.est) == 0 && p.s.waiting.Load() {
+				p.opts.Memory.Wake() // our next window may go now
+			}
+			f.est = 0
+		}
+	}
+}
+
 func (p *producer) read(ctx context.Context, reqs <-chan *future) {
 	for f := range reqs {
 		var rec arrow.RecordBatch
 		var rerr error
-		err := p.opts.Pool.do(ctx, func() {
+		t0 := time.Now()
+		err := p.opts.Lane.Do(ctx, func() {
 			defer func() {
 				if r := recover(); r != nil {
 					rerr = fmt.Errorf("prefetch: reading block %d panicked: %v", f.block, r)
@@ -109,7 +195,13 @@ func (p *producer) read(ctx context.Context, reqs <-chan *future) {
 		})
 		if err != nil {
 			rerr = err
+		} else {
+			p.s.metrics.observeBlock(time.Since(t0))
 		}
+		if rec != nil && p.opts.Memory != nil {
+			p.learn(f.block, rec)
+		}
+		p.unreserve([]*future{f})
 		f.finish(rec, rerr)
 	}
 }
@@ -192,10 +284,13 @@ func (g *gauge) close() {
 // assemble turns windows into batches, in plan order.
 func (p *producer) assemble(ctx context.Context, jobs <-chan job) error {
 	var held *future
-	var cur []*future // the window in hand: released on every way out
+	var cur *job // the window in hand: released on every way out
 	defer func() {
-		for _, f := range cur {
-			f.release()
+		if cur != nil {
+			for _, f := range cur.futures {
+				f.release()
+			}
+			p.assembled(cur)
 		}
 		held.release()
 	}()
@@ -221,7 +316,7 @@ func (p *producer) assemble(ctx context.Context, jobs <-chan job) error {
 			break
 		}
 		futs := make([]*future, len(j.futures))
-		cur = j.futures
+		cur = &j
 		for i, f := range j.futures {
 			if f == nil {
 				f = held
@@ -242,6 +337,7 @@ func (p *producer) assemble(ctx context.Context, jobs <-chan job) error {
 			}
 		}
 		err := p.window(j.w, futs, b)
+		p.assembled(&j)
 		// Keep the window's last block: the next window may continue it.
 		last := futs[len(futs)-1]
 		for _, f := range futs {

@@ -40,6 +40,9 @@ func newMemSource(rows []int64, bad ...int) *memSource {
 
 func (s *memSource) Schema() *arrow.Schema { return s.sc }
 
+// BlockBytes: as if stored as 8 bytes a row (decoding takes about twice that).
+func (s *memSource) BlockBytes(b int) int64 { return s.rows[b] * 8 }
+
 func (s *memSource) ReadBlock(_ context.Context, b int, mem memory.Allocator) (arrow.RecordBatch, error) {
 	if s.bad[b] {
 		return nil, shard.BadInput(fmt.Sprintf("mem://block%d", b), "row group 0", errors.New("corrupt"))

@@ -75,3 +75,36 @@ func emptyBatch(sc *arrow.Schema, columns []string, mem memory.Allocator) (arrow
 	}
 	return rec, nil
 }
+
+// RecordBytes is the size of the buffers a record batch refers to, each
+// counted once (a slice counts the whole buffers it shares).
+func RecordBytes(rec arrow.RecordBatch) int64 {
+	seen := map[*memory.Buffer]struct{}{}
+	var n int64
+	var walk func(d arrow.ArrayData)
+	walk = func(d arrow.ArrayData) {
+		if d == nil {
+			return
+		}
+		if ad, ok := d.(*array.Data); ok && ad == nil {
+			return // a typed nil: Dictionary() of a plain array
+		}
+		for _, b := range d.Buffers() {
+			if b == nil {
+				continue
+			}
+			if _, ok := seen[b]; !ok {
+				seen[b] = struct{}{}
+				n += int64(b.Len())
+			}
+		}
+		for _, c := range d.Children() {
+			walk(c)
+		}
+		walk(d.Dictionary())
+	}
+	for _, c := range rec.Columns() {
+		walk(c.Data())
+	}
+	return n
+}

@@ -35,6 +35,9 @@ type Dataset struct {
 	store  Store
 	format Format
 	digest [32]byte // contentDigest, for plan fingerprints
+	// decoding names what shapes a decoded block besides its bytes: the
+	// format, the columns and the options.
+	decoding string
 }
 
 // OpenOptions are the dependencies of Open.
@@ -80,7 +83,7 @@ func Open(ctx context.Context, spec Spec, opts OpenOptions) (*Dataset, error) {
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	d := &Dataset{Spec: spec, Listed: infos, store: opts.Store, format: format}
+	d := &Dataset{Spec: spec, Listed: infos, store: opts.Store, format: format, decoding: decodingID(spec)}
 	var ref *FileMeta
 	for i, m := range metas {
 		if errs[i] != nil {
@@ -187,6 +190,30 @@ func (d *Dataset) ReadBlock(ctx context.Context, i int, mem memory.Allocator) (a
 		return nil, BadInput(m.Info.URI, fmt.Sprintf("block %d", b.Index), errors.New("block schema differs from the file's"))
 	}
 	return rec, nil
+}
+
+// BlockKey names what decoding block i yields, for the block cache: the
+// file's URI and version, the block's index and byte range in it, and the
+// decoding (format, columns, options). Two datasets that read the same block
+// the same way give it the same key, whatever their order or sharding.
+func (d *Dataset) BlockKey(i int) string {
+	b := d.Blocks[i]
+	m := d.Files[b.File]
+	blk := m.Blocks[b.Index]
+	return fmt.Sprintf("%s\x00%s\x00%d\x00%d+%d\x00%s", m.Info.URI, m.Info.Version, b.Index, blk.Offset, blk.Length, d.decoding)
+}
+
+// BlockBytes is block i's stored size (0 when the format does not know it).
+func (d *Dataset) BlockBytes(i int) int64 {
+	b := d.Blocks[i]
+	return d.Files[b.File].Blocks[b.Index].Length
+}
+
+// decodingID is a short digest of the parts of a spec that shape decoding.
+func decodingID(spec Spec) string {
+	canon := spec
+	canon.URIs, canon.Shuffle, canon.OnError = nil, nil, Raise
+	return canon.Fingerprint()
 }
 
 // BlockURI names block i's file, for errors and metrics.

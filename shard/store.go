@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/bmatcuk/doublestar/v4"
 )
@@ -182,3 +183,34 @@ type localFile struct {
 }
 
 func (f *localFile) Size() int64 { return f.size }
+
+// ObserveReads wraps a store so that every read from its files is reported
+// to obs: the bytes read and the time it took (for metrics).
+func ObserveReads(s Store, obs func(n int, d time.Duration)) Store {
+	return &observedStore{Store: s, obs: obs}
+}
+
+type observedStore struct {
+	Store
+	obs func(int, time.Duration)
+}
+
+func (s *observedStore) Open(ctx context.Context, f FileInfo) (File, error) {
+	inner, err := s.Store.Open(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	return &observedFile{File: inner, obs: s.obs}, nil
+}
+
+type observedFile struct {
+	File
+	obs func(int, time.Duration)
+}
+
+func (f *observedFile) ReadAt(p []byte, off int64) (int, error) {
+	t0 := time.Now()
+	n, err := f.File.ReadAt(p, off)
+	f.obs(n, time.Since(t0))
+	return n, err
+}

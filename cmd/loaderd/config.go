@@ -14,10 +14,13 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/loaderd/loaderd/feed"
+	"github.com/loaderd/loaderd/prefetch"
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/sys/unix"
 )
 
 // Config is the daemon's whole configuration: `loaderd serve` flags, or the
@@ -29,30 +32,52 @@ import (
 // match). A size is a Size; anything else that reads and prints itself as
 // text (encoding.TextUnmarshaler and TextMarshaler) works in both places too.
 type Config struct {
-	Socket     string     `yaml:"socket"`
-	DataRoots  []string   `yaml:"data-root"`
+	Socket    string   `yaml:"socket"`
+	DataRoots []string `yaml:"data-root"`
+	// MemoryBytes bounds the daemon's memory: queued batches, blocks being
+	// read and decoded, the cache and encode buffers take up to three
+	// quarters of it, and the Go runtime is held to the whole (0: a quarter
+	// of the machine's memory or of its cgroup limit, at least 256 MiB).
+	MemoryBytes Size `yaml:"memory-bytes"`
+	// CacheBytes is the block cache's part of MemoryBytes (0: no cache; the
+	// default is half of it, or less when that does not fit).
 	CacheBytes Size       `yaml:"cache-bytes"`
 	Workers    int        `yaml:"workers"`
 	LogLevel   slog.Level `yaml:"log-level"`
 	AllowUIDs  []string   `yaml:"allow-uid"`
 	AllowGIDs  []string   `yaml:"allow-gid"`
+	// MetricsAddr is where /metrics is served over HTTP ("": nowhere).
+	MetricsAddr string `yaml:"metrics-addr"`
+	// LookaheadTTL is how long a rank's next epoch, prepared while it reads
+	// the current one, waits to be asked for (0: 2 minutes); NoLookahead
+	// prepares none.
+	LookaheadTTL time.Duration `yaml:"lookahead-ttl"`
+	NoLookahead  bool          `yaml:"no-lookahead"`
 }
+
+// autoCache is CacheBytes until EnsureDefaults sizes it from MemoryBytes; no
+// file or flag can give a negative size.
+const autoCache Size = -1
 
 // defaultConfig holds the defaults that differ from the zero value and do not
 // depend on the host; EnsureDefaults fills the others after file and flags.
 func defaultConfig() Config {
-	return Config{CacheBytes: 1 << 30, LogLevel: slog.LevelInfo}
+	return Config{CacheBytes: autoCache, LogLevel: slog.LevelInfo}
 }
 
 // flags binds every setting to a flag of fs, with c's values as defaults.
 func (c *Config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Socket, "socket", c.Socket, "Unix socket to listen on (default: $LOADERD_SOCKET, else $XDG_RUNTIME_DIR/loaderd/loaderd.sock)")
 	fs.Var(&listFlag{v: &c.DataRoots}, "data-root", "directory datasets may be read from; repeat for several (default: the working directory)")
-	fs.TextVar(&c.CacheBytes, "cache-bytes", c.CacheBytes, "block cache budget, e.g. 4GiB; 0 disables the cache")
+	fs.TextVar(&c.MemoryBytes, "memory-bytes", c.MemoryBytes, "memory budget of the daemon, e.g. 8GiB: queued batches, reads and the cache take up to three quarters, the Go runtime the rest (default: a quarter of the machine's or cgroup's memory, at least 256 MiB)")
+	fs.TextVar(&c.CacheBytes, "cache-bytes", c.CacheBytes, "decoded-block cache budget, part of memory-bytes, e.g. 4GiB; 0 disables the cache (default: half of memory-bytes)")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "blocks read and decoded at once, all sessions together (default: GOMAXPROCS)")
 	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn, error")
 	fs.Var(&listFlag{v: &c.AllowUIDs}, "allow-uid", "user (name or uid) allowed to connect besides the daemon's own and root; repeatable")
 	fs.Var(&listFlag{v: &c.AllowGIDs}, "allow-gid", "group (name or gid) whose members may connect; repeatable")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464 (default: off)")
+	fs.DurationVar(&c.LookaheadTTL, "lookahead-ttl", c.LookaheadTTL, "how long a rank's next epoch, prepared while it reads the current one, waits for the rank to ask for it (default: 2m)")
+	fs.BoolVar(&c.NoLookahead, "no-lookahead", c.NoLookahead, "do not prepare ranks' next epochs ahead")
 }
 
 // EnsureDefaults fills what neither the file nor the flags set.
@@ -68,6 +93,46 @@ func (c *Config) EnsureDefaults() {
 	if c.Workers == 0 {
 		c.Workers = runtime.GOMAXPROCS(0)
 	}
+	if c.MemoryBytes == 0 {
+		c.MemoryBytes = defaultMemoryBytes()
+	}
+	if c.CacheBytes == autoCache {
+		c.CacheBytes = max(0, min(c.MemoryBytes/2, maxCacheBytes(c.MemoryBytes)))
+	}
+	if c.LookaheadTTL == 0 {
+		c.LookaheadTTL = 2 * time.Minute
+	}
+}
+
+// minPipelineBytes is the least memory left beside the cache for queues and
+// reads: a few blocks and batches of a session.
+const minPipelineBytes Size = 32 << 20
+
+// minMemoryBytes is the smallest memory budget: the runtime's share and a
+// pipeline beside an empty cache.
+const minMemoryBytes Size = 96 << 20
+
+// maxCacheBytes is the most of a memory budget the cache may take: what
+// counted data may use, less room for queues and reads.
+func maxCacheBytes(memoryBytes Size) Size {
+	return Size(prefetch.NewMemory(int64(memoryBytes)).Limit()) - minPipelineBytes
+}
+
+// defaultMemoryBytes is a quarter of the machine's memory, or of the cgroup's
+// limit when lower, and at least 256 MiB: the daemon shares the node with
+// the trainers it feeds.
+func defaultMemoryBytes() Size {
+	total := int64(8 << 30) // when the machine will not say
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) == nil {
+		total = int64(si.Totalram) * int64(si.Unit)
+	}
+	if b, err := os.ReadFile("/sys/fs/cgroup/memory.max"); err == nil {
+		if n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && n > 0 {
+			total = min(total, n)
+		}
+	}
+	return Size(max(total/4, 256<<20))
 }
 
 // Validate reports settings that cannot work on any host, naming the key.
@@ -79,6 +144,17 @@ func (c *Config) Validate() error {
 	}
 	if c.Workers < 1 {
 		return settingErr("workers", c.Workers, "must be at least 1")
+	}
+	if c.MemoryBytes < minMemoryBytes {
+		return settingErr("memory-bytes", c.MemoryBytes, "must be at least %s", minMemoryBytes)
+	}
+	if most := maxCacheBytes(c.MemoryBytes); c.CacheBytes > most {
+		return settingErr("cache-bytes", c.CacheBytes, "does not fit in memory-bytes %s: the cache is part of the "+
+			"memory budget, of which a quarter is left to the Go runtime and %s to queues and reads, so at most %s "+
+			"(lower cache-bytes or raise memory-bytes)", c.MemoryBytes, minPipelineBytes, most)
+	}
+	if c.LookaheadTTL < 0 {
+		return settingErr("lookahead-ttl", c.LookaheadTTL, "must not be negative (no-lookahead turns look-ahead off)")
 	}
 	for _, r := range c.DataRoots {
 		if r == "" {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 )
@@ -54,12 +55,14 @@ func TestConfigPrecedence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Socket != "/env/loaderd.sock" || c.CacheBytes != 1<<30 || c.Workers < 1 || c.LogLevel.String() != "INFO" {
+	if c.Socket != "/env/loaderd.sock" || c.MemoryBytes != defaultMemoryBytes() || c.MemoryBytes < 256<<20 ||
+		c.CacheBytes != min(c.MemoryBytes/2, maxCacheBytes(c.MemoryBytes)) || c.Workers < 1 ||
+		c.LogLevel.String() != "INFO" || c.LookaheadTTL != 2*time.Minute || c.NoLookahead || c.MetricsAddr != "" {
 		t.Fatalf("defaults: %+v", c)
 	}
 	// The file over the defaults; flags over the file. A list flag replaces
 	// the file's list, and adds to itself when repeated.
-	file := writeConfig(t, "socket: /file/s.sock\ndata-root: ["+a+"]\ncache-bytes: 2GiB\nworkers: 3\nlog-level: debug\nallow-gid: [0, root]\n")
+	file := writeConfig(t, "socket: /file/s.sock\ndata-root: ["+a+"]\nmemory-bytes: 8GiB\ncache-bytes: 2GiB\nworkers: 3\nlog-level: debug\nallow-gid: [0, root]\n")
 	c, err = load(t, "--config", file)
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +89,7 @@ func TestConfigPrecedence(t *testing.T) {
 func TestConfigErrors(t *testing.T) {
 	dir := t.TempDir()
 	for _, tc := range []struct{ file, flags, want string }{
-		{"cache-byte: 1GiB\n", "", ":1: unknown setting \"cache-byte\" (settings: socket, data-root, cache-bytes"},
+		{"cache-byte: 1GiB\n", "", ":1: unknown setting \"cache-byte\" (settings: socket, data-root, memory-bytes, cache-bytes"},
 		{"socket: /s\n\ncache-bytes: lots\n", "", ":3: cache-bytes: size \"lots\": want a byte count"},
 		{"workers: [1]\n", "", ":1: workers: cannot unmarshal !!seq into int"},
 		{"workers: -1\n", "", ":1: workers -1: must be at least 1"},
@@ -97,6 +100,12 @@ func TestConfigErrors(t *testing.T) {
 		{"socket: /" + strings.Repeat("s", 120) + "\n", "", ":1: socket /sss"},
 		{"", "--cache-bytes 1x", "invalid value \"1x\" for flag -cache-bytes"},
 		{"", "extra", "serve takes no arguments"},
+		{"memory-bytes: 64MiB\n", "", ":1: memory-bytes 64MiB: must be at least 96MiB"},
+		{"memory-bytes: 1GiB\n", "--cache-bytes 900MiB",
+			"--cache-bytes 900MiB: does not fit in memory-bytes 1GiB: the cache is part of the memory budget, of which a quarter is left to the Go runtime and 32MiB to queues and reads, so at most 736MiB"},
+		{"memory-bytes: 1GiB\ncache-bytes: 800MiB\n", "", ":2: cache-bytes 800MiB: does not fit in memory-bytes 1GiB"},
+		{"lookahead-ttl: -1s\n", "", ":1: lookahead-ttl -1s: must not be negative"},
+		{"lookahead-ttl: soon\n", "", ":1: lookahead-ttl:"},
 	} {
 		args := []string{"--config", writeConfig(t, tc.file), "--data-root", dir}
 		if tc.flags != "" {
@@ -138,12 +147,14 @@ func TestConfigCheck(t *testing.T) {
 func TestPrintConfigRoundTrip(t *testing.T) {
 	dir := t.TempDir()
 	var out bytes.Buffer
-	args := []string{"serve", "--print-config", "--socket", dir + "/s.sock", "--data-root", dir, "--cache-bytes", "1.5GiB",
-		"--workers", "3", "--log-level", "warn", "--allow-uid", "0", "--allow-gid", "root"}
+	args := []string{"serve", "--print-config", "--socket", dir + "/s.sock", "--data-root", dir, "--memory-bytes", "4GiB",
+		"--cache-bytes", "1.5GiB", "--workers", "3", "--log-level", "warn", "--allow-uid", "0", "--allow-gid", "root",
+		"--lookahead-ttl", "90s", "--metrics-addr", "127.0.0.1:9464"}
 	if err := run(t.Context(), args, &out, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"cache-bytes: 1536MiB\n", "workers: 3\n", "log-level: WARN\n", "data-root:\n  - " + dir + "\n"} {
+	for _, want := range []string{"memory-bytes: 4GiB\n", "cache-bytes: 1536MiB\n", "workers: 3\n", "log-level: WARN\n",
+		"data-root:\n  - " + dir + "\n", "lookahead-ttl: 1m30s\n", "metrics-addr: 127.0.0.1:9464\n", "no-lookahead: false\n"} {
 		if !strings.Contains(out.String(), want) {
 			t.Fatalf("printed config lacks %q:\n%s", want, out.String())
 		}

@@ -68,7 +68,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg := defaultConfig()
-	cfg.Socket, cfg.DataRoots, cfg.CacheBytes = filepath.Join(dir, "loaderd.sock"), []string{dir}, 512<<20
+	cfg.Socket, cfg.DataRoots = filepath.Join(dir, "loaderd.sock"), []string{dir}
 	cfg.EnsureDefaults()
 	d, err := newDaemon(cfg, nil, nil, log)
 	if err != nil {

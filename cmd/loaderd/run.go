@@ -1,16 +1,19 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"runtime"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/loaderd/loaderd/feed"
 )
 
@@ -107,29 +110,63 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return fmt.Errorf("no daemon answers on %s (start one with `loaderd serve --socket %s`): %w", socket, socket, err)
 	}
-	fmt.Fprintf(stdout, "loaderd %s on %s, up %s, %d sessions\n", st.Version, socket,
+	return printStatus(stdout, socket, st)
+}
+
+// printStatus writes a status report: one row per session, the plans, then
+// the cache, memory and look-ahead.
+func printStatus(w io.Writer, socket string, st feed.StatusReport) error {
+	fmt.Fprintf(w, "loaderd %s on %s, up %s, %d sessions\n", st.Version, socket,
 		(time.Duration(st.Uptime) * time.Second).Round(time.Second), len(st.Sessions))
-	if len(st.Sessions) == 0 {
-		return nil
+	if len(st.Sessions) > 0 {
+		slices.SortFunc(st.Sessions, func(a, b feed.SessionReport) int {
+			return cmp.Or(cmp.Compare(a.Job, b.Job), cmp.Compare(a.Rank, b.Rank), cmp.Compare(a.ID, b.ID))
+		})
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SESSION\tJOB\tRANK\tEPOCH\tBATCHES\tROWS\tMB\tBATCHES/S\tSTALL %\tQUEUE\tPREPARED")
+		for _, s := range st.Sessions {
+			prepared := "no"
+			if s.Prepared {
+				prepared = "yes"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%d/%d\t%s\n", s.ID, cmp.Or(s.Job, "-"),
+				s.Rank, s.World, s.Epoch, s.Batches, s.Rows, float64(s.Bytes)/1e6, s.BatchesPerSecond,
+				100*s.StallFraction(), s.QueueDepth, s.QueueCap, prepared)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		// Every node of a multi-node job should show the same PLAN for a job
+		// and epoch; its RANKS are the global ranks this node serves.
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "JOB\tEPOCH\tWORLD\tPLAN\tRANKS HERE")
+		for _, p := range st.Plans {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", p.Job, p.Epoch, p.World, p.Fingerprint, strings.Trim(fmt.Sprint(p.Ranks), "[]"))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SESSION\tJOB\tRANK\tEPOCH\tBATCHES\tROWS\tMB\tBATCHES/S\tQUEUE")
-	for _, s := range st.Sessions {
-		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%d\t%d\t%.1f\t%.1f\t%d\n", s.ID, s.Job, s.Rank, s.World, s.Epoch,
-			s.Batches, s.Rows, float64(s.Bytes)/1e6, s.BatchesPerSecond, s.QueueDepth)
+	fmt.Fprintln(w)
+	if c := st.Cache; c != nil {
+		fmt.Fprintf(w, "cache:     %.1f%% hit rate (%d hits, %d misses), %s of %s, %d evictions, %d loads in %.1fs\n",
+			100*c.HitRate(), c.Hits, c.Misses, humanize.IBytes(uint64(c.Bytes)), humanize.IBytes(uint64(c.Budget)),
+			c.Evictions, c.Loads, c.LoadSeconds)
+	} else {
+		fmt.Fprintln(w, "cache:     off")
 	}
-	if err := tw.Flush(); err != nil {
-		return err
+	if m := st.Memory; m != nil {
+		fmt.Fprintf(w, "memory:    %s in use of %s for data, %s budget (+%s idle for reuse, %s other), reads waited %.1fs; RSS %s, peak %s\n",
+			humanize.IBytes(uint64(m.InUse)), humanize.IBytes(uint64(m.DataLimit)), humanize.IBytes(uint64(m.Budget)),
+			humanize.IBytes(uint64(m.Idle)), humanize.IBytes(uint64(max(m.Charged, 0))), m.WaitSeconds,
+			humanize.IBytes(uint64(m.RSS)), humanize.IBytes(uint64(m.PeakRSS)))
 	}
-	// Every node of a multi-node job should show the same PLAN for a job and
-	// epoch; its RANKS are the global ranks this node serves.
-	fmt.Fprintln(stdout)
-	tw = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "JOB\tEPOCH\tWORLD\tPLAN\tRANKS HERE")
-	for _, p := range st.Plans {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", p.Job, p.Epoch, p.World, p.Fingerprint, strings.Trim(fmt.Sprint(p.Ranks), "[]"))
-	}
-	return tw.Flush()
+	la := st.Lookahead
+	_, err := fmt.Fprintf(w, "lookahead: %d epochs prepared, %d claimed, %d expired, %d waiting\n",
+		la.Prepared, la.Claimed, la.Expired, la.Waiting)
+	return err
 }
 
 // healthCmd asks the daemon's gRPC health service, for probes (Kubernetes

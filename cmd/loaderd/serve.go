@@ -2,13 +2,22 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime/debug"
+	"time"
 
 	"github.com/loaderd/loaderd/cache"
 	"github.com/loaderd/loaderd/feed"
 	"github.com/loaderd/loaderd/prefetch"
 	"github.com/loaderd/loaderd/shard"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -30,27 +39,50 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return sa.explain(err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	setMemoryLimit(int64(cfg.MemoryBytes), log)
 	d, err := newDaemon(cfg, uids, gids, log)
 	if err != nil {
 		return err
 	}
 	defer d.close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	metricsDone, err := d.serveMetrics(ctx, cfg.MetricsAddr, log)
+	if err != nil {
+		return sa.explain(err)
+	}
+	defer func() { cancel(); <-metricsDone }()
 	sd := newSystemd(log)
 	defer sd.stop()
 	stopping := context.AfterFunc(ctx, sd.stopping)
 	defer stopping()
 	return d.srv.Serve(ctx, func() {
 		log.Info("loaderd ready", "socket", d.srv.Socket(), "version", version, "data_roots", d.roots,
-			"workers", cfg.Workers, "cache", cfg.CacheBytes.String())
+			"workers", cfg.Workers, "memory", cfg.MemoryBytes.String(), "cache", cfg.CacheBytes.String(),
+			"metrics", cfg.MetricsAddr)
 		sd.ready(ctx, d.srv.Socket())
 	})
 }
 
+// setMemoryLimit holds the Go runtime to the budget (a soft limit: the
+// collector runs harder as the heap nears it), so that the garbage that
+// decoding makes does not push the process past it; counted data stays
+// within three quarters (prefetch.RuntimeShare). A GOMEMLIMIT in the
+// environment wins.
+func setMemoryLimit(budget int64, log *slog.Logger) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		log.Info("GOMEMLIMIT is set: the Go memory limit is left to it", "memory_bytes", Size(budget).String())
+		return
+	}
+	debug.SetMemoryLimit(budget)
+}
+
 // daemon is the wired-up server and what it owns.
 type daemon struct {
-	srv   *feed.Server
-	cache *cache.Cache
-	roots []string
+	srv     *feed.Server
+	cache   *cache.Cache
+	roots   []string
+	metrics *prometheus.Registry
 }
 
 func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, error) {
@@ -58,24 +90,66 @@ func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, erro
 	if err != nil {
 		return nil, err
 	}
-	c, err := cache.New(int64(cfg.CacheBytes))
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	pm := prefetch.NewMetrics(reg)
+	mem := prefetch.NewMemory(int64(cfg.MemoryBytes))
+	c, err := cache.New(cache.Options{Budget: int64(cfg.CacheBytes), Charge: mem.Charge})
 	if err != nil {
 		return nil, err
 	}
-	var store shard.Store = local
-	if cfg.CacheBytes > 0 {
-		store = cache.NewStore(local, c)
-	}
-	srv, err := feed.NewServer(feed.Options{
+	// Local files are read as they are: the kernel's page cache holds their
+	// bytes, and the cache holds decoded blocks. Object stores go through
+	// cache.NewStore, whose byte ranges save network round trips.
+	store := shard.ObserveReads(local, pm.ObserveRead)
+	opts := feed.Options{
 		Socket: cfg.Socket, AllowUIDs: uids, AllowGIDs: gids, Version: version,
-	}, feed.Deps{
-		Store: store, Formats: shard.DefaultFormats(), Pool: prefetch.NewPool(cfg.Workers), Logger: log,
+		LookaheadTTL: cfg.LookaheadTTL,
+	}
+	if cfg.NoLookahead {
+		opts.MaxPrepared = -1
+	}
+	srv, err := feed.NewServer(opts, feed.Deps{
+		Store: store, Formats: shard.DefaultFormats(), Pool: prefetch.NewPool(cfg.Workers),
+		Memory: mem, Cache: c, Metrics: pm, Logger: log,
 	})
 	if err != nil {
 		c.Close()
 		return nil, err
 	}
-	return &daemon{srv: srv, cache: c, roots: local.Roots()}, nil
+	reg.MustRegister(srv.Collector())
+	return &daemon{srv: srv, cache: c, roots: local.Roots(), metrics: reg}, nil
+}
+
+// serveMetrics serves /metrics on addr until ctx ends; the returned channel
+// closes when the HTTP server has stopped. An empty addr serves nothing.
+func (d *daemon) serveMetrics(ctx context.Context, addr string, log *slog.Logger) (<-chan struct{}, error) {
+	done := make(chan struct{})
+	if addr == "" {
+		close(done)
+		return done, nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, settingErr("metrics-addr", addr, "%v", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(d.metrics, promhttp.HandlerOpts{Registry: d.metrics}))
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		defer close(done)
+		if err := hs.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Warn("metrics server ended", "err", err)
+		}
+	}()
+	context.AfterFunc(ctx, func() {
+		// ctx is done: the shutdown gets a second of its own.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+	})
+	log.Info("serving metrics", "url", "http://"+l.Addr().String()+"/metrics")
+	return done, nil
 }
 
 func (d *daemon) close() { d.cache.Close() }

@@ -55,8 +55,10 @@ def effective(binary: str, config: Path) -> dict[str, Any]:
 
 
 def memory_needed(cfg: dict[str, Any]) -> int:
-    """The memory a config asks for, plus a GiB for the daemon itself."""
-    return sum(quantity(str(cfg.get(k, "0"))) for k in ("cache-bytes", "memory-bytes")) + GiB
+    """The memory a config asks for (memory-bytes bounds the daemon, the cache
+    included), plus a GiB of margin."""
+    assert quantity(str(cfg["cache-bytes"])) < quantity(str(cfg["memory-bytes"]))
+    return quantity(str(cfg["memory-bytes"])) + GiB
 
 
 def unit(path: Path) -> dict[str, list[str]]:

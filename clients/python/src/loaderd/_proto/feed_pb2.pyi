@@ -460,11 +460,22 @@ class StatusResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
     SESSIONS_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
+    LOOKAHEAD_FIELD_NUMBER: _builtins.int
     PLANS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     uptime_seconds: _builtins.float
     @_builtins.property
     def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionStatus]: ...
+    @_builtins.property
+    def cache(self) -> Global___CacheStatus:
+        """20-39: prefetch, cache and memory (issue 6)."""
+
+    @_builtins.property
+    def memory(self) -> Global___MemoryStatus: ...
+    @_builtins.property
+    def lookahead(self) -> Global___LookaheadStatus: ...
     @_builtins.property
     def plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanStatus]:
         """The plans this daemon serves now, one per job, epoch and plan: compare
@@ -477,15 +488,161 @@ class StatusResponse(_message.Message):
         version: _builtins.str = ...,
         uptime_seconds: _builtins.float = ...,
         sessions: _abc.Iterable[Global___SessionStatus] | None = ...,
+        cache: Global___CacheStatus | None = ...,
+        memory: Global___MemoryStatus | None = ...,
+        lookahead: Global___LookaheadStatus | None = ...,
         plans: _abc.Iterable[Global___PlanStatus] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "lookahead", b"lookahead", "memory", b"memory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["plans", b"plans", "sessions", b"sessions", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "lookahead", b"lookahead", "memory", b"memory", "plans", b"plans", "sessions", b"sessions", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class CacheStatus(_message.Message):
+    """The node-wide block cache: decoded blocks and raw byte ranges, one budget."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUDGET_BYTES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    HITS_FIELD_NUMBER: _builtins.int
+    MISSES_FIELD_NUMBER: _builtins.int
+    EVICTIONS_FIELD_NUMBER: _builtins.int
+    REJECTIONS_FIELD_NUMBER: _builtins.int
+    LOADS_FIELD_NUMBER: _builtins.int
+    LOADED_BYTES_FIELD_NUMBER: _builtins.int
+    LOAD_SECONDS_FIELD_NUMBER: _builtins.int
+    budget_bytes: _builtins.int
+    bytes: _builtins.int
+    """Bytes held now."""
+    hits: _builtins.int
+    misses: _builtins.int
+    evictions: _builtins.int
+    """Entries pushed out for room, and entries kept out by the admission
+    policy or their size.
+    """
+    rejections: _builtins.int
+    loads: _builtins.int
+    """Values loaded on misses (reads and decodes), their bytes and time."""
+    loaded_bytes: _builtins.int
+    load_seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        budget_bytes: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        hits: _builtins.int = ...,
+        misses: _builtins.int = ...,
+        evictions: _builtins.int = ...,
+        rejections: _builtins.int = ...,
+        loads: _builtins.int = ...,
+        loaded_bytes: _builtins.int = ...,
+        load_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_bytes", b"budget_bytes", "bytes", b"bytes", "evictions", b"evictions", "hits", b"hits", "load_seconds", b"load_seconds", "loaded_bytes", b"loaded_bytes", "loads", b"loads", "misses", b"misses", "rejections", b"rejections"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheStatus: _TypeAlias = CacheStatus  # noqa: Y015
+
+@_typing.final
+class MemoryStatus(_message.Message):
+    """The daemon's memory against --memory-bytes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUDGET_BYTES_FIELD_NUMBER: _builtins.int
+    IN_USE_BYTES_FIELD_NUMBER: _builtins.int
+    IDLE_BYTES_FIELD_NUMBER: _builtins.int
+    CHARGED_BYTES_FIELD_NUMBER: _builtins.int
+    RESERVED_BYTES_FIELD_NUMBER: _builtins.int
+    WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    RSS_BYTES_FIELD_NUMBER: _builtins.int
+    PEAK_RSS_BYTES_FIELD_NUMBER: _builtins.int
+    DATA_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    budget_bytes: _builtins.int
+    """--memory-bytes."""
+    in_use_bytes: _builtins.int
+    """Arrow buffers in use: queued batches, blocks being read or assembled,
+    and the decoded blocks of the cache.
+    """
+    idle_bytes: _builtins.int
+    """Freed buffers kept for reuse."""
+    charged_bytes: _builtins.int
+    """Held outside Arrow's allocator: encode buffers, raw cached ranges."""
+    reserved_bytes: _builtins.int
+    """Reserved for reads under way."""
+    wait_seconds: _builtins.float
+    """Time reads waited for the budget, all together."""
+    rss_bytes: _builtins.int
+    """The process's resident set, now and at its peak (0 where unknown)."""
+    peak_rss_bytes: _builtins.int
+    data_limit_bytes: _builtins.int
+    """What counted bytes (in use and charged) may take: the budget less the
+    Go runtime's share.
+    """
+    def __init__(
+        self,
+        *,
+        budget_bytes: _builtins.int = ...,
+        in_use_bytes: _builtins.int = ...,
+        idle_bytes: _builtins.int = ...,
+        charged_bytes: _builtins.int = ...,
+        reserved_bytes: _builtins.int = ...,
+        wait_seconds: _builtins.float = ...,
+        rss_bytes: _builtins.int = ...,
+        peak_rss_bytes: _builtins.int = ...,
+        data_limit_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_bytes", b"budget_bytes", "charged_bytes", b"charged_bytes", "data_limit_bytes", b"data_limit_bytes", "idle_bytes", b"idle_bytes", "in_use_bytes", b"in_use_bytes", "peak_rss_bytes", b"peak_rss_bytes", "reserved_bytes", b"reserved_bytes", "rss_bytes", b"rss_bytes", "wait_seconds", b"wait_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemoryStatus: _TypeAlias = MemoryStatus  # noqa: Y015
+
+@_typing.final
+class LookaheadStatus(_message.Message):
+    """Epochs prepared ahead of the sessions that will ask for them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAITING_FIELD_NUMBER: _builtins.int
+    PREPARED_FIELD_NUMBER: _builtins.int
+    CLAIMED_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    waiting: _builtins.int
+    """Prepared and not yet claimed."""
+    prepared: _builtins.int
+    claimed: _builtins.int
+    expired: _builtins.int
+    """Closed unclaimed after the time limit."""
+    refused: _builtins.int
+    """Not prepared because too many were waiting."""
+    def __init__(
+        self,
+        *,
+        waiting: _builtins.int = ...,
+        prepared: _builtins.int = ...,
+        claimed: _builtins.int = ...,
+        expired: _builtins.int = ...,
+        refused: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claimed", b"claimed", "expired", b"expired", "prepared", b"prepared", "refused", b"refused", "waiting", b"waiting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookaheadStatus: _TypeAlias = LookaheadStatus  # noqa: Y015
 
 @_typing.final
 class PlanStatus(_message.Message):
@@ -537,6 +694,10 @@ class SessionStatus(_message.Message):
     BYTES_SENT_FIELD_NUMBER: _builtins.int
     BATCHES_PER_SECOND_FIELD_NUMBER: _builtins.int
     QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
+    STALL_SECONDS_FIELD_NUMBER: _builtins.int
+    AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    QUEUE_CAPACITY_FIELD_NUMBER: _builtins.int
+    PREPARED_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     job: _builtins.str
     rank: _builtins.int
@@ -547,6 +708,16 @@ class SessionStatus(_message.Message):
     bytes_sent: _builtins.int
     batches_per_second: _builtins.float
     queue_depth: _builtins.int
+    stall_seconds: _builtins.float
+    """20-39: prefetch (issue 6).
+    Time the session waited on an empty queue of ready batches.
+    """
+    age_seconds: _builtins.float
+    """Time since the session opened."""
+    queue_capacity: _builtins.int
+    """The most ready batches that may wait."""
+    prepared: _builtins.bool
+    """The session's epoch was prepared before it asked (look-ahead)."""
     def __init__(
         self,
         *,
@@ -560,10 +731,14 @@ class SessionStatus(_message.Message):
         bytes_sent: _builtins.int = ...,
         batches_per_second: _builtins.float = ...,
         queue_depth: _builtins.int = ...,
+        stall_seconds: _builtins.float = ...,
+        age_seconds: _builtins.float = ...,
+        queue_capacity: _builtins.int = ...,
+        prepared: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches_per_second", b"batches_per_second", "batches_sent", b"batches_sent", "bytes_sent", b"bytes_sent", "epoch", b"epoch", "job", b"job", "queue_depth", b"queue_depth", "rank", b"rank", "rows_sent", b"rows_sent", "session_id", b"session_id", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_seconds", b"age_seconds", "batches_per_second", b"batches_per_second", "batches_sent", b"batches_sent", "bytes_sent", b"bytes_sent", "epoch", b"epoch", "job", b"job", "prepared", b"prepared", "queue_capacity", b"queue_capacity", "queue_depth", b"queue_depth", "rank", b"rank", "rows_sent", b"rows_sent", "session_id", b"session_id", "stall_seconds", b"stall_seconds", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

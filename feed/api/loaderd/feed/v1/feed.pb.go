@@ -997,6 +997,10 @@ type StatusResponse struct {
 	Version       string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
 	UptimeSeconds float64                `protobuf:"fixed64,2,opt,name=uptime_seconds,json=uptimeSeconds,proto3" json:"uptime_seconds,omitempty"`
 	Sessions      []*SessionStatus       `protobuf:"bytes,3,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	// 20-39: prefetch, cache and memory (issue 6).
+	Cache     *CacheStatus     `protobuf:"bytes,20,opt,name=cache,proto3" json:"cache,omitempty"`
+	Memory    *MemoryStatus    `protobuf:"bytes,21,opt,name=memory,proto3" json:"memory,omitempty"`
+	Lookahead *LookaheadStatus `protobuf:"bytes,22,opt,name=lookahead,proto3" json:"lookahead,omitempty"`
 	// The plans this daemon serves now, one per job, epoch and plan: compare
 	// them across the nodes of a job.
 	Plans         []*PlanStatus `protobuf:"bytes,60,rep,name=plans,proto3" json:"plans,omitempty"`
@@ -1055,11 +1059,344 @@ func (x *StatusResponse) GetSessions() []*SessionStatus {
 	return nil
 }
 
+func (x *StatusResponse) GetCache() *CacheStatus {
+	if x != nil {
+		return x.Cache
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetMemory() *MemoryStatus {
+	if x != nil {
+		return x.Memory
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetLookahead() *LookaheadStatus {
+	if x != nil {
+		return x.Lookahead
+	}
+	return nil
+}
+
 func (x *StatusResponse) GetPlans() []*PlanStatus {
 	if x != nil {
 		return x.Plans
 	}
 	return nil
+}
+
+// The node-wide block cache: decoded blocks and raw byte ranges, one budget.
+type CacheStatus struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	BudgetBytes int64                  `protobuf:"varint,1,opt,name=budget_bytes,json=budgetBytes,proto3" json:"budget_bytes,omitempty"`
+	// Bytes held now.
+	Bytes  int64 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Hits   int64 `protobuf:"varint,3,opt,name=hits,proto3" json:"hits,omitempty"`
+	Misses int64 `protobuf:"varint,4,opt,name=misses,proto3" json:"misses,omitempty"`
+	// Entries pushed out for room, and entries kept out by the admission
+	// policy or their size.
+	Evictions  int64 `protobuf:"varint,5,opt,name=evictions,proto3" json:"evictions,omitempty"`
+	Rejections int64 `protobuf:"varint,6,opt,name=rejections,proto3" json:"rejections,omitempty"`
+	// Values loaded on misses (reads and decodes), their bytes and time.
+	Loads         int64   `protobuf:"varint,7,opt,name=loads,proto3" json:"loads,omitempty"`
+	LoadedBytes   int64   `protobuf:"varint,8,opt,name=loaded_bytes,json=loadedBytes,proto3" json:"loaded_bytes,omitempty"`
+	LoadSeconds   float64 `protobuf:"fixed64,9,opt,name=load_seconds,json=loadSeconds,proto3" json:"load_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CacheStatus) Reset() {
+	*x = CacheStatus{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CacheStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CacheStatus) ProtoMessage() {}
+
+func (x *CacheStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CacheStatus.ProtoReflect.Descriptor instead.
+func (*CacheStatus) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *CacheStatus) GetBudgetBytes() int64 {
+	if x != nil {
+		return x.BudgetBytes
+	}
+	return 0
+}
+
+func (x *CacheStatus) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *CacheStatus) GetHits() int64 {
+	if x != nil {
+		return x.Hits
+	}
+	return 0
+}
+
+func (x *CacheStatus) GetMisses() int64 {
+	if x != nil {
+		return x.Misses
+	}
+	return 0
+}
+
+func (x *CacheStatus) GetEvictions() int64 {
+	if x != nil {
+		return x.Evictions
+	}
+	return 0
+}
+
+func (x *CacheStatus) GetRejections() int64 {
+	if x != nil {
+		return x.Rejections
+	}
+	return 0
+}
+
+func (x *CacheStatus) GetLoads() int64 {
+	if x != nil {
+		return x.Loads
+	}
+	return 0
+}
+
+func (x *CacheStatus) GetLoadedBytes() int64 {
+	if x != nil {
+		return x.LoadedBytes
+	}
+	return 0
+}
+
+func (x *CacheStatus) GetLoadSeconds() float64 {
+	if x != nil {
+		return x.LoadSeconds
+	}
+	return 0
+}
+
+// The daemon's memory against --memory-bytes.
+type MemoryStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// --memory-bytes.
+	BudgetBytes int64 `protobuf:"varint,1,opt,name=budget_bytes,json=budgetBytes,proto3" json:"budget_bytes,omitempty"`
+	// Arrow buffers in use: queued batches, blocks being read or assembled,
+	// and the decoded blocks of the cache.
+	InUseBytes int64 `protobuf:"varint,2,opt,name=in_use_bytes,json=inUseBytes,proto3" json:"in_use_bytes,omitempty"`
+	// Freed buffers kept for reuse.
+	IdleBytes int64 `protobuf:"varint,3,opt,name=idle_bytes,json=idleBytes,proto3" json:"idle_bytes,omitempty"`
+	// Held outside Arrow's allocator: encode buffers, raw cached ranges.
+	ChargedBytes int64 `protobuf:"varint,4,opt,name=charged_bytes,json=chargedBytes,proto3" json:"charged_bytes,omitempty"`
+	// Reserved for reads under way.
+	ReservedBytes int64 `protobuf:"varint,5,opt,name=reserved_bytes,json=reservedBytes,proto3" json:"reserved_bytes,omitempty"`
+	// Time reads waited for the budget, all together.
+	WaitSeconds float64 `protobuf:"fixed64,6,opt,name=wait_seconds,json=waitSeconds,proto3" json:"wait_seconds,omitempty"`
+	// The process's resident set, now and at its peak (0 where unknown).
+	RssBytes     int64 `protobuf:"varint,7,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
+	PeakRssBytes int64 `protobuf:"varint,8,opt,name=peak_rss_bytes,json=peakRssBytes,proto3" json:"peak_rss_bytes,omitempty"`
+	// What counted bytes (in use and charged) may take: the budget less the
+	// Go runtime's share.
+	DataLimitBytes int64 `protobuf:"varint,9,opt,name=data_limit_bytes,json=dataLimitBytes,proto3" json:"data_limit_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *MemoryStatus) Reset() {
+	*x = MemoryStatus{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemoryStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemoryStatus) ProtoMessage() {}
+
+func (x *MemoryStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemoryStatus.ProtoReflect.Descriptor instead.
+func (*MemoryStatus) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *MemoryStatus) GetBudgetBytes() int64 {
+	if x != nil {
+		return x.BudgetBytes
+	}
+	return 0
+}
+
+func (x *MemoryStatus) GetInUseBytes() int64 {
+	if x != nil {
+		return x.InUseBytes
+	}
+	return 0
+}
+
+func (x *MemoryStatus) GetIdleBytes() int64 {
+	if x != nil {
+		return x.IdleBytes
+	}
+	return 0
+}
+
+func (x *MemoryStatus) GetChargedBytes() int64 {
+	if x != nil {
+		return x.ChargedBytes
+	}
+	return 0
+}
+
+func (x *MemoryStatus) GetReservedBytes() int64 {
+	if x != nil {
+		return x.ReservedBytes
+	}
+	return 0
+}
+
+func (x *MemoryStatus) GetWaitSeconds() float64 {
+	if x != nil {
+		return x.WaitSeconds
+	}
+	return 0
+}
+
+func (x *MemoryStatus) GetRssBytes() int64 {
+	if x != nil {
+		return x.RssBytes
+	}
+	return 0
+}
+
+func (x *MemoryStatus) GetPeakRssBytes() int64 {
+	if x != nil {
+		return x.PeakRssBytes
+	}
+	return 0
+}
+
+func (x *MemoryStatus) GetDataLimitBytes() int64 {
+	if x != nil {
+		return x.DataLimitBytes
+	}
+	return 0
+}
+
+// Epochs prepared ahead of the sessions that will ask for them.
+type LookaheadStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Prepared and not yet claimed.
+	Waiting  int32 `protobuf:"varint,1,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	Prepared int64 `protobuf:"varint,2,opt,name=prepared,proto3" json:"prepared,omitempty"`
+	Claimed  int64 `protobuf:"varint,3,opt,name=claimed,proto3" json:"claimed,omitempty"`
+	// Closed unclaimed after the time limit.
+	Expired int64 `protobuf:"varint,4,opt,name=expired,proto3" json:"expired,omitempty"`
+	// Not prepared because too many were waiting.
+	Refused       int64 `protobuf:"varint,5,opt,name=refused,proto3" json:"refused,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LookaheadStatus) Reset() {
+	*x = LookaheadStatus{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LookaheadStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LookaheadStatus) ProtoMessage() {}
+
+func (x *LookaheadStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LookaheadStatus.ProtoReflect.Descriptor instead.
+func (*LookaheadStatus) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *LookaheadStatus) GetWaiting() int32 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
+}
+
+func (x *LookaheadStatus) GetPrepared() int64 {
+	if x != nil {
+		return x.Prepared
+	}
+	return 0
+}
+
+func (x *LookaheadStatus) GetClaimed() int64 {
+	if x != nil {
+		return x.Claimed
+	}
+	return 0
+}
+
+func (x *LookaheadStatus) GetExpired() int64 {
+	if x != nil {
+		return x.Expired
+	}
+	return 0
+}
+
+func (x *LookaheadStatus) GetRefused() int64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
 }
 
 // PlanStatus is one global plan and the ranks this daemon serves of it.
@@ -1077,7 +1414,7 @@ type PlanStatus struct {
 
 func (x *PlanStatus) Reset() {
 	*x = PlanStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1089,7 +1426,7 @@ func (x *PlanStatus) String() string {
 func (*PlanStatus) ProtoMessage() {}
 
 func (x *PlanStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1102,7 +1439,7 @@ func (x *PlanStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanStatus.ProtoReflect.Descriptor instead.
 func (*PlanStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{12}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PlanStatus) GetJob() string {
@@ -1152,13 +1489,22 @@ type SessionStatus struct {
 	BytesSent        int64                  `protobuf:"varint,8,opt,name=bytes_sent,json=bytesSent,proto3" json:"bytes_sent,omitempty"`
 	BatchesPerSecond float64                `protobuf:"fixed64,9,opt,name=batches_per_second,json=batchesPerSecond,proto3" json:"batches_per_second,omitempty"`
 	QueueDepth       int32                  `protobuf:"varint,10,opt,name=queue_depth,json=queueDepth,proto3" json:"queue_depth,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// 20-39: prefetch (issue 6).
+	// Time the session waited on an empty queue of ready batches.
+	StallSeconds float64 `protobuf:"fixed64,20,opt,name=stall_seconds,json=stallSeconds,proto3" json:"stall_seconds,omitempty"`
+	// Time since the session opened.
+	AgeSeconds float64 `protobuf:"fixed64,21,opt,name=age_seconds,json=ageSeconds,proto3" json:"age_seconds,omitempty"`
+	// The most ready batches that may wait.
+	QueueCapacity int32 `protobuf:"varint,22,opt,name=queue_capacity,json=queueCapacity,proto3" json:"queue_capacity,omitempty"`
+	// The session's epoch was prepared before it asked (look-ahead).
+	Prepared      bool `protobuf:"varint,23,opt,name=prepared,proto3" json:"prepared,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SessionStatus) Reset() {
 	*x = SessionStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1516,7 @@ func (x *SessionStatus) String() string {
 func (*SessionStatus) ProtoMessage() {}
 
 func (x *SessionStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1529,7 @@ func (x *SessionStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionStatus.ProtoReflect.Descriptor instead.
 func (*SessionStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{13}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SessionStatus) GetSessionId() string {
@@ -1256,6 +1602,34 @@ func (x *SessionStatus) GetQueueDepth() int32 {
 	return 0
 }
 
+func (x *SessionStatus) GetStallSeconds() float64 {
+	if x != nil {
+		return x.StallSeconds
+	}
+	return 0
+}
+
+func (x *SessionStatus) GetAgeSeconds() float64 {
+	if x != nil {
+		return x.AgeSeconds
+	}
+	return 0
+}
+
+func (x *SessionStatus) GetQueueCapacity() int32 {
+	if x != nil {
+		return x.QueueCapacity
+	}
+	return 0
+}
+
+func (x *SessionStatus) GetPrepared() bool {
+	if x != nil {
+		return x.Prepared
+	}
+	return false
+}
+
 type VersionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1264,7 +1638,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1276,7 +1650,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1289,7 +1663,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{14}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{17}
 }
 
 type VersionResponse struct {
@@ -1303,7 +1677,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1315,7 +1689,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1328,7 +1702,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{15}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -1363,7 +1737,7 @@ type PlanRequest struct {
 
 func (x *PlanRequest) Reset() {
 	*x = PlanRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1375,7 +1749,7 @@ func (x *PlanRequest) String() string {
 func (*PlanRequest) ProtoMessage() {}
 
 func (x *PlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1388,7 +1762,7 @@ func (x *PlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanRequest.ProtoReflect.Descriptor instead.
 func (*PlanRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{16}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PlanRequest) GetOpen() *OpenStream {
@@ -1412,7 +1786,7 @@ type PlanResponse struct {
 
 func (x *PlanResponse) Reset() {
 	*x = PlanResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1798,7 @@ func (x *PlanResponse) String() string {
 func (*PlanResponse) ProtoMessage() {}
 
 func (x *PlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1811,7 @@ func (x *PlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanResponse.ProtoReflect.Descriptor instead.
 func (*PlanResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{17}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PlanResponse) GetPlanFingerprint() string {
@@ -1539,12 +1913,45 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\tarrow_ipc\x18\x05 \x01(\fR\barrowIpc\x12\x1f\n" +
 	"\vnext_sample\x18\x06 \x01(\x03R\n" +
 	"nextSample\"\x0f\n" +
-	"\rStatusRequest\"\xc0\x01\n" +
+	"\rStatusRequest\"\xeb\x02\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
 	"\x0euptime_seconds\x18\x02 \x01(\x01R\ruptimeSeconds\x12:\n" +
-	"\bsessions\x18\x03 \x03(\v2\x1e.loaderd.feed.v1.SessionStatusR\bsessions\x121\n" +
-	"\x05plans\x18< \x03(\v2\x1b.loaderd.feed.v1.PlanStatusR\x05plans\"\x94\x01\n" +
+	"\bsessions\x18\x03 \x03(\v2\x1e.loaderd.feed.v1.SessionStatusR\bsessions\x122\n" +
+	"\x05cache\x18\x14 \x01(\v2\x1c.loaderd.feed.v1.CacheStatusR\x05cache\x125\n" +
+	"\x06memory\x18\x15 \x01(\v2\x1d.loaderd.feed.v1.MemoryStatusR\x06memory\x12>\n" +
+	"\tlookahead\x18\x16 \x01(\v2 .loaderd.feed.v1.LookaheadStatusR\tlookahead\x121\n" +
+	"\x05plans\x18< \x03(\v2\x1b.loaderd.feed.v1.PlanStatusR\x05plans\"\x8c\x02\n" +
+	"\vCacheStatus\x12!\n" +
+	"\fbudget_bytes\x18\x01 \x01(\x03R\vbudgetBytes\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x12\n" +
+	"\x04hits\x18\x03 \x01(\x03R\x04hits\x12\x16\n" +
+	"\x06misses\x18\x04 \x01(\x03R\x06misses\x12\x1c\n" +
+	"\tevictions\x18\x05 \x01(\x03R\tevictions\x12\x1e\n" +
+	"\n" +
+	"rejections\x18\x06 \x01(\x03R\n" +
+	"rejections\x12\x14\n" +
+	"\x05loads\x18\a \x01(\x03R\x05loads\x12!\n" +
+	"\floaded_bytes\x18\b \x01(\x03R\vloadedBytes\x12!\n" +
+	"\fload_seconds\x18\t \x01(\x01R\vloadSeconds\"\xce\x02\n" +
+	"\fMemoryStatus\x12!\n" +
+	"\fbudget_bytes\x18\x01 \x01(\x03R\vbudgetBytes\x12 \n" +
+	"\fin_use_bytes\x18\x02 \x01(\x03R\n" +
+	"inUseBytes\x12\x1d\n" +
+	"\n" +
+	"idle_bytes\x18\x03 \x01(\x03R\tidleBytes\x12#\n" +
+	"\rcharged_bytes\x18\x04 \x01(\x03R\fchargedBytes\x12%\n" +
+	"\x0ereserved_bytes\x18\x05 \x01(\x03R\rreservedBytes\x12!\n" +
+	"\fwait_seconds\x18\x06 \x01(\x01R\vwaitSeconds\x12\x1b\n" +
+	"\trss_bytes\x18\a \x01(\x03R\brssBytes\x12$\n" +
+	"\x0epeak_rss_bytes\x18\b \x01(\x03R\fpeakRssBytes\x12(\n" +
+	"\x10data_limit_bytes\x18\t \x01(\x03R\x0edataLimitBytes\"\x95\x01\n" +
+	"\x0fLookaheadStatus\x12\x18\n" +
+	"\awaiting\x18\x01 \x01(\x05R\awaiting\x12\x1a\n" +
+	"\bprepared\x18\x02 \x01(\x03R\bprepared\x12\x18\n" +
+	"\aclaimed\x18\x03 \x01(\x03R\aclaimed\x12\x18\n" +
+	"\aexpired\x18\x04 \x01(\x03R\aexpired\x12\x18\n" +
+	"\arefused\x18\x05 \x01(\x03R\arefused\"\x94\x01\n" +
 	"\n" +
 	"PlanStatus\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
@@ -1552,7 +1959,7 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\n" +
 	"world_size\x18\x03 \x01(\x05R\tworldSize\x12)\n" +
 	"\x10plan_fingerprint\x18\x04 \x01(\tR\x0fplanFingerprint\x12\x14\n" +
-	"\x05ranks\x18\x05 \x03(\x05R\x05ranks\"\xb7\x02\n" +
+	"\x05ranks\x18\x05 \x03(\x05R\x05ranks\"\xc0\x03\n" +
 	"\rSessionStatus\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x10\n" +
@@ -1568,7 +1975,12 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\x12batches_per_second\x18\t \x01(\x01R\x10batchesPerSecond\x12\x1f\n" +
 	"\vqueue_depth\x18\n" +
 	" \x01(\x05R\n" +
-	"queueDepth\"\x10\n" +
+	"queueDepth\x12#\n" +
+	"\rstall_seconds\x18\x14 \x01(\x01R\fstallSeconds\x12\x1f\n" +
+	"\vage_seconds\x18\x15 \x01(\x01R\n" +
+	"ageSeconds\x12%\n" +
+	"\x0equeue_capacity\x18\x16 \x01(\x05R\rqueueCapacity\x12\x1a\n" +
+	"\bprepared\x18\x17 \x01(\bR\bprepared\"\x10\n" +
 	"\x0eVersionRequest\"b\n" +
 	"\x0fVersionResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1d\n" +
@@ -1614,7 +2026,7 @@ func file_loaderd_feed_v1_feed_proto_rawDescGZIP() []byte {
 }
 
 var file_loaderd_feed_v1_feed_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_loaderd_feed_v1_feed_proto_goTypes = []any{
 	(OnError)(0),             // 0: loaderd.feed.v1.OnError
 	(ShardMode)(0),           // 1: loaderd.feed.v1.ShardMode
@@ -1631,18 +2043,21 @@ var file_loaderd_feed_v1_feed_proto_goTypes = []any{
 	(*Batch)(nil),            // 12: loaderd.feed.v1.Batch
 	(*StatusRequest)(nil),    // 13: loaderd.feed.v1.StatusRequest
 	(*StatusResponse)(nil),   // 14: loaderd.feed.v1.StatusResponse
-	(*PlanStatus)(nil),       // 15: loaderd.feed.v1.PlanStatus
-	(*SessionStatus)(nil),    // 16: loaderd.feed.v1.SessionStatus
-	(*VersionRequest)(nil),   // 17: loaderd.feed.v1.VersionRequest
-	(*VersionResponse)(nil),  // 18: loaderd.feed.v1.VersionResponse
-	(*PlanRequest)(nil),      // 19: loaderd.feed.v1.PlanRequest
-	(*PlanResponse)(nil),     // 20: loaderd.feed.v1.PlanResponse
-	nil,                      // 21: loaderd.feed.v1.DatasetSpec.OptionsEntry
+	(*CacheStatus)(nil),      // 15: loaderd.feed.v1.CacheStatus
+	(*MemoryStatus)(nil),     // 16: loaderd.feed.v1.MemoryStatus
+	(*LookaheadStatus)(nil),  // 17: loaderd.feed.v1.LookaheadStatus
+	(*PlanStatus)(nil),       // 18: loaderd.feed.v1.PlanStatus
+	(*SessionStatus)(nil),    // 19: loaderd.feed.v1.SessionStatus
+	(*VersionRequest)(nil),   // 20: loaderd.feed.v1.VersionRequest
+	(*VersionResponse)(nil),  // 21: loaderd.feed.v1.VersionResponse
+	(*PlanRequest)(nil),      // 22: loaderd.feed.v1.PlanRequest
+	(*PlanResponse)(nil),     // 23: loaderd.feed.v1.PlanResponse
+	nil,                      // 24: loaderd.feed.v1.DatasetSpec.OptionsEntry
 }
 var file_loaderd_feed_v1_feed_proto_depIdxs = []int32{
 	4,  // 0: loaderd.feed.v1.DatasetSpec.shuffle:type_name -> loaderd.feed.v1.Shuffle
 	0,  // 1: loaderd.feed.v1.DatasetSpec.on_error:type_name -> loaderd.feed.v1.OnError
-	21, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
+	24, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
 	3,  // 3: loaderd.feed.v1.DescribeRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
 	8,  // 4: loaderd.feed.v1.StreamRequest.open:type_name -> loaderd.feed.v1.OpenStream
 	9,  // 5: loaderd.feed.v1.StreamRequest.ack:type_name -> loaderd.feed.v1.Ack
@@ -1652,24 +2067,27 @@ var file_loaderd_feed_v1_feed_proto_depIdxs = []int32{
 	11, // 9: loaderd.feed.v1.StreamResponse.header:type_name -> loaderd.feed.v1.StreamHeader
 	12, // 10: loaderd.feed.v1.StreamResponse.batch:type_name -> loaderd.feed.v1.Batch
 	2,  // 11: loaderd.feed.v1.StreamHeader.transport:type_name -> loaderd.feed.v1.Transport
-	16, // 12: loaderd.feed.v1.StatusResponse.sessions:type_name -> loaderd.feed.v1.SessionStatus
-	15, // 13: loaderd.feed.v1.StatusResponse.plans:type_name -> loaderd.feed.v1.PlanStatus
-	8,  // 14: loaderd.feed.v1.PlanRequest.open:type_name -> loaderd.feed.v1.OpenStream
-	5,  // 15: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
-	7,  // 16: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
-	13, // 17: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
-	17, // 18: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
-	19, // 19: loaderd.feed.v1.Feed.Plan:input_type -> loaderd.feed.v1.PlanRequest
-	6,  // 20: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
-	10, // 21: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
-	14, // 22: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
-	18, // 23: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
-	20, // 24: loaderd.feed.v1.Feed.Plan:output_type -> loaderd.feed.v1.PlanResponse
-	20, // [20:25] is the sub-list for method output_type
-	15, // [15:20] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	19, // 12: loaderd.feed.v1.StatusResponse.sessions:type_name -> loaderd.feed.v1.SessionStatus
+	15, // 13: loaderd.feed.v1.StatusResponse.cache:type_name -> loaderd.feed.v1.CacheStatus
+	16, // 14: loaderd.feed.v1.StatusResponse.memory:type_name -> loaderd.feed.v1.MemoryStatus
+	17, // 15: loaderd.feed.v1.StatusResponse.lookahead:type_name -> loaderd.feed.v1.LookaheadStatus
+	18, // 16: loaderd.feed.v1.StatusResponse.plans:type_name -> loaderd.feed.v1.PlanStatus
+	8,  // 17: loaderd.feed.v1.PlanRequest.open:type_name -> loaderd.feed.v1.OpenStream
+	5,  // 18: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
+	7,  // 19: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
+	13, // 20: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
+	20, // 21: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
+	22, // 22: loaderd.feed.v1.Feed.Plan:input_type -> loaderd.feed.v1.PlanRequest
+	6,  // 23: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
+	10, // 24: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
+	14, // 25: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
+	21, // 26: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
+	23, // 27: loaderd.feed.v1.Feed.Plan:output_type -> loaderd.feed.v1.PlanResponse
+	23, // [23:28] is the sub-list for method output_type
+	18, // [18:23] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_loaderd_feed_v1_feed_proto_init() }
@@ -1691,7 +2109,7 @@ func file_loaderd_feed_v1_feed_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loaderd_feed_v1_feed_proto_rawDesc), len(file_loaderd_feed_v1_feed_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   19,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
