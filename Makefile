@@ -95,7 +95,7 @@ test-deploy: build venv
 test: protos-check lint test-go test-fuzz test-py test-deploy
 
 bench: build venv
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./shard/... ./prefetch/... ./cache/...
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./shard/... ./prefetch/... ./cache/... ./feed/...
 	LOADERD_BIN=$(CURDIR)/bin/loaderd $(PY) tests/bench/run.py
 
 clean:

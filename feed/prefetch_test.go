@@ -176,7 +176,7 @@ func readEpoch(c *Client, req StreamRequest) ([]int64, error) {
 	}
 }
 
-func serveUntilCleanup(t *testing.T, srv *Server) {
+func serveUntilCleanup(t testing.TB, srv *Server) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready, done := make(chan struct{}), make(chan error, 1)

@@ -84,7 +84,7 @@ func startServerDeps(t *testing.T, opts Options, deps Deps) *Server {
 	return srv
 }
 
-func writeIDs(t *testing.T, path string, n int64) {
+func writeIDs(t testing.TB, path string, n int64) {
 	t.Helper()
 	sc := arrow.NewSchema([]arrow.Field{{Name: "id", Type: arrow.PrimitiveTypes.Int64}}, nil)
 	b := array.NewInt64Builder(memory.DefaultAllocator)
