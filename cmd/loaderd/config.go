@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/loaderd/loaderd/feed"
@@ -36,12 +37,20 @@ type Config struct {
 	LogLevel   slog.Level `yaml:"log-level"`
 	AllowUIDs  []string   `yaml:"allow-uid"`
 	AllowGIDs  []string   `yaml:"allow-gid"`
+	// Shared memory (see feed.Options): the most one session's ring may
+	// take, 0 turning shared memory off; how long a batch waits for the
+	// client to free room in its ring before it goes over gRPC; and the
+	// smallest batch that goes through the ring, 0 sending all of them.
+	ShmRingBytes     Size     `yaml:"shm-ring-bytes"`
+	ShmSpillAfter    Duration `yaml:"shm-spill-after"`
+	ShmMinBatchBytes Size     `yaml:"shm-min-batch-bytes"`
 }
 
 // defaultConfig holds the defaults that differ from the zero value and do not
 // depend on the host; EnsureDefaults fills the others after file and flags.
 func defaultConfig() Config {
-	return Config{CacheBytes: 1 << 30, LogLevel: slog.LevelInfo}
+	return Config{CacheBytes: 1 << 30, LogLevel: slog.LevelInfo, ShmRingBytes: feed.DefaultShmRingBytes,
+		ShmSpillAfter: Duration(time.Second), ShmMinBatchBytes: feed.DefaultShmMinBatchBytes}
 }
 
 // flags binds every setting to a flag of fs, with c's values as defaults.
@@ -53,6 +62,9 @@ func (c *Config) flags(fs *flag.FlagSet) {
 	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn, error")
 	fs.Var(&listFlag{v: &c.AllowUIDs}, "allow-uid", "user (name or uid) allowed to connect besides the daemon's own and root; repeatable")
 	fs.Var(&listFlag{v: &c.AllowGIDs}, "allow-gid", "group (name or gid) whose members may connect; repeatable")
+	fs.TextVar(&c.ShmRingBytes, "shm-ring-bytes", c.ShmRingBytes, "most memory one session's shared-memory ring may take (sized from its first batch); 0 turns shared memory off")
+	fs.TextVar(&c.ShmSpillAfter, "shm-spill-after", c.ShmSpillAfter, "how long a batch waits for the client to free room in its ring before it goes over gRPC instead")
+	fs.TextVar(&c.ShmMinBatchBytes, "shm-min-batch-bytes", c.ShmMinBatchBytes, "batches smaller than this go over gRPC, which costs them less; 0 sends every batch through shared memory")
 }
 
 // EnsureDefaults fills what neither the file nor the flags set.
@@ -84,6 +96,12 @@ func (c *Config) Validate() error {
 		if r == "" {
 			return settingErr("data-root", `""`, "must name a directory")
 		}
+	}
+	if c.ShmRingBytes != 0 && c.ShmRingBytes < 1<<16 {
+		return settingErr("shm-ring-bytes", c.ShmRingBytes, "at least 64KiB, or 0 to turn shared memory off")
+	}
+	if c.ShmSpillAfter <= 0 {
+		return settingErr("shm-spill-after", c.ShmSpillAfter, "must be positive")
 	}
 	return nil
 }
@@ -357,6 +375,24 @@ func (s Size) MarshalText() ([]byte, error) {
 }
 
 func (s Size) String() string { b, _ := s.MarshalText(); return string(b) }
+
+// Duration is a time.Duration written as in "1s" or "200ms".
+type Duration time.Duration
+
+// UnmarshalText implements encoding.TextUnmarshaler (flags and YAML).
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("duration %q: want one such as 1s or 200ms", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+func (d Duration) String() string { return time.Duration(d).String() }
 
 // listFlag is a repeatable flag. Its first use on the command line replaces
 // the list (from the file or the default); later uses add to it.

@@ -113,10 +113,17 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return nil
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SESSION\tJOB\tRANK\tEPOCH\tBATCHES\tROWS\tMB\tBATCHES/S\tQUEUE")
+	fmt.Fprintln(tw, "SESSION\tJOB\tRANK\tEPOCH\tBATCHES\tROWS\tMB\tBATCHES/S\tQUEUE\tTRANSPORT")
 	for _, s := range st.Sessions {
-		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%d\t%d\t%.1f\t%.1f\t%d\n", s.ID, s.Job, s.Rank, s.World, s.Epoch,
-			s.Batches, s.Rows, float64(s.Bytes)/1e6, s.BatchesPerSecond, s.QueueDepth)
+		tr := s.Transport.String()
+		if s.Transport == feed.TransportShm {
+			// What the client holds of its ring, and how long the daemon
+			// waited for it (back-pressure).
+			tr = fmt.Sprintf("shm %.1f/%.1f MB held, %d inline, waited %.1fs", float64(s.ShmBytesHeld)/1e6,
+				float64(s.ShmRingBytes)/1e6, s.ShmInline, s.ShmWaitSeconds)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%d\t%d\t%.1f\t%.1f\t%d\t%s\n", s.ID, s.Job, s.Rank, s.World, s.Epoch,
+			s.Batches, s.Rows, float64(s.Bytes)/1e6, s.BatchesPerSecond, s.QueueDepth, tr)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/loaderd/loaderd/cache"
 	"github.com/loaderd/loaderd/feed"
@@ -41,7 +42,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer stopping()
 	return d.srv.Serve(ctx, func() {
 		log.Info("loaderd ready", "socket", d.srv.Socket(), "version", version, "data_roots", d.roots,
-			"workers", cfg.Workers, "cache", cfg.CacheBytes.String())
+			"workers", cfg.Workers, "cache", cfg.CacheBytes.String(), "shm_ring", cfg.ShmRingBytes.String())
 		sd.ready(ctx, d.srv.Socket())
 	})
 }
@@ -66,8 +67,17 @@ func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, erro
 	if cfg.CacheBytes > 0 {
 		store = cache.NewStore(local, c)
 	}
+	// feed.Options reads 0 as "the default"; in the configuration 0 means none.
+	shmBytes, shmMin := int64(cfg.ShmRingBytes), int64(cfg.ShmMinBatchBytes)
+	if shmBytes == 0 {
+		shmBytes = -1
+	}
+	if shmMin == 0 {
+		shmMin = -1
+	}
 	srv, err := feed.NewServer(feed.Options{
 		Socket: cfg.Socket, AllowUIDs: uids, AllowGIDs: gids, Version: version,
+		ShmRingBytes: shmBytes, ShmSpillAfter: time.Duration(cfg.ShmSpillAfter), ShmMinBatchBytes: shmMin,
 	}, feed.Deps{
 		Store: store, Formats: shard.DefaultFormats(), Pool: prefetch.NewPool(cfg.Workers), Logger: log,
 	})

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nfeed.proto\x12\x0floaderd.feed.v1\"\xff\x01\n\x0b\x44\x61tasetSpec\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0c\n\x04uris\x18\x02 \x03(\t\x12\x0f\n\x07\x63olumns\x18\x03 \x03(\t\x12)\n\x07shuffle\x18\x04 \x01(\x0b\x32\x18.loaderd.feed.v1.Shuffle\x12*\n\x08on_error\x18\x05 \x01(\x0e\x32\x18.loaderd.feed.v1.OnError\x12:\n\x07options\x18\x06 \x03(\x0b\x32).loaderd.feed.v1.DatasetSpec.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\x07Shuffle\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\x13\n\x0bwindow_rows\x18\x02 \x01(\x03\"@\n\x0f\x44\x65scribeRequest\x12-\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1c.loaderd.feed.v1.DatasetSpec\"v\n\x10\x44\x65scribeResponse\x12\x14\n\x0c\x61rrow_schema\x18\x01 \x01(\x0c\x12\x10\n\x08num_rows\x18\x02 \x01(\x03\x12\x11\n\tnum_files\x18\x03 \x01(\x03\x12\x12\n\nnum_blocks\x18\x04 \x01(\x03\x12\x13\n\x0b\x66ingerprint\x18\x05 \x01(\t\"i\n\rStreamRequest\x12+\n\x04open\x18\x01 \x01(\x0b\x32\x1b.loaderd.feed.v1.OpenStreamH\x00\x12#\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x14.loaderd.feed.v1.AckH\x00\x42\x06\n\x04kind\"\x8f\x02\n\nOpenStream\x12-\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1c.loaderd.feed.v1.DatasetSpec\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x12\n\nworld_size\x18\x03 \x01(\x05\x12(\n\x04mode\x18\x04 \x01(\x0e\x32\x1a.loaderd.feed.v1.ShardMode\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12\x11\n\tdrop_last\x18\x07 \x01(\x08\x12\x14\n\x0cstart_sample\x18\x08 \x01(\x03\x12\x0b\n\x03job\x18\t \x01(\t\x12-\n\ttransport\x18\n \x01(\x0e\x32\x1a.loaderd.feed.v1.Transport\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x03\"r\n\x0eStreamResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.loaderd.feed.v1.StreamHeaderH\x00\x12\'\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x16.loaderd.feed.v1.BatchH\x00\x42\x06\n\x04kind\"\xc5\x01\n\x0cStreamHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61rrow_schema\x18\x02 \x01(\x0c\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x03\x12\x14\n\x0cstart_sample\x18\x04 \x01(\x03\x12\x17\n\x0fpadding_samples\x18\x05 \x01(\x03\x12-\n\ttransport\x18\x06 \x01(\x0e\x32\x1a.loaderd.feed.v1.Transport\x12\x18\n\x10plan_fingerprint\x18( \x01(\t\"z\n\x05\x42\x61tch\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x14\n\x0c\x66irst_sample\x18\x02 \x01(\x03\x12\x10\n\x08num_rows\x18\x03 \x01(\x03\x12\x14\n\x0cpadding_rows\x18\x04 \x01(\x03\x12\x11\n\tarrow_ipc\x18\x05 \x01(\x0c\x12\x13\n\x0bnext_sample\x18\x06 \x01(\x03\"\x0f\n\rStatusRequest\"\x97\x01\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x02 \x01(\x01\x12\x30\n\x08sessions\x18\x03 \x03(\x0b\x32\x1e.loaderd.feed.v1.SessionStatus\x12*\n\x05plans\x18< \x03(\x0b\x32\x1b.loaderd.feed.v1.PlanStatus\"e\n\nPlanStatus\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x12\n\nworld_size\x18\x03 \x01(\x05\x12\x18\n\x10plan_fingerprint\x18\x04 \x01(\t\x12\r\n\x05ranks\x18\x05 \x03(\x05\"\xcf\x01\n\rSessionStatus\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x12\n\nworld_size\x18\x04 \x01(\x05\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x14\n\x0c\x62\x61tches_sent\x18\x06 \x01(\x03\x12\x11\n\trows_sent\x18\x07 \x01(\x03\x12\x12\n\nbytes_sent\x18\x08 \x01(\x03\x12\x1a\n\x12\x62\x61tches_per_second\x18\t \x01(\x01\x12\x13\n\x0bqueue_depth\x18\n \x01(\x05\"\x10\n\x0eVersionRequest\"F\n\x0fVersionResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\ngo_version\x18\x02 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\t\"8\n\x0bPlanRequest\x12)\n\x04open\x18\x01 \x01(\x0b\x32\x1b.loaderd.feed.v1.OpenStream\"m\n\x0cPlanResponse\x12\x18\n\x10plan_fingerprint\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x03\x12\x17\n\x0fpadding_samples\x18\x03 \x01(\x03\x12\x15\n\rtotal_samples\x18\x04 \x01(\x03*J\n\x07OnError\x12\x18\n\x14ON_ERROR_UNSPECIFIED\x10\x00\x12\x12\n\x0eON_ERROR_RAISE\x10\x01\x12\x11\n\rON_ERROR_SKIP\x10\x02*R\n\tShardMode\x12\x1a\n\x16SHARD_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSHARD_MODE_EVEN\x10\x01\x12\x14\n\x10SHARD_MODE_EXACT\x10\x02*:\n\tTransport\x12\x19\n\x15TRANSPORT_UNSPECIFIED\x10\x00\x12\x12\n\x0eTRANSPORT_GRPC\x10\x01\x32\x84\x03\n\x04\x46\x65\x65\x64\x12O\n\x08\x44\x65scribe\x12 .loaderd.feed.v1.DescribeRequest\x1a!.loaderd.feed.v1.DescribeResponse\x12M\n\x06Stream\x12\x1e.loaderd.feed.v1.StreamRequest\x1a\x1f.loaderd.feed.v1.StreamResponse(\x01\x30\x01\x12I\n\x06Status\x12\x1e.loaderd.feed.v1.StatusRequest\x1a\x1f.loaderd.feed.v1.StatusResponse\x12L\n\x07Version\x12\x1f.loaderd.feed.v1.VersionRequest\x1a .loaderd.feed.v1.VersionResponse\x12\x43\n\x04Plan\x12\x1c.loaderd.feed.v1.PlanRequest\x1a\x1d.loaderd.feed.v1.PlanResponseB<Z:github.com/loaderd/loaderd/feed/api/loaderd/feed/v1;feedv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nfeed.proto\x12\x0floaderd.feed.v1\"\xff\x01\n\x0b\x44\x61tasetSpec\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0c\n\x04uris\x18\x02 \x03(\t\x12\x0f\n\x07\x63olumns\x18\x03 \x03(\t\x12)\n\x07shuffle\x18\x04 \x01(\x0b\x32\x18.loaderd.feed.v1.Shuffle\x12*\n\x08on_error\x18\x05 \x01(\x0e\x32\x18.loaderd.feed.v1.OnError\x12:\n\x07options\x18\x06 \x03(\x0b\x32).loaderd.feed.v1.DatasetSpec.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\x07Shuffle\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\x13\n\x0bwindow_rows\x18\x02 \x01(\x03\"@\n\x0f\x44\x65scribeRequest\x12-\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1c.loaderd.feed.v1.DatasetSpec\"v\n\x10\x44\x65scribeResponse\x12\x14\n\x0c\x61rrow_schema\x18\x01 \x01(\x0c\x12\x10\n\x08num_rows\x18\x02 \x01(\x03\x12\x11\n\tnum_files\x18\x03 \x01(\x03\x12\x12\n\nnum_blocks\x18\x04 \x01(\x03\x12\x13\n\x0b\x66ingerprint\x18\x05 \x01(\t\"i\n\rStreamRequest\x12+\n\x04open\x18\x01 \x01(\x0b\x32\x1b.loaderd.feed.v1.OpenStreamH\x00\x12#\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x14.loaderd.feed.v1.AckH\x00\x42\x06\n\x04kind\"\x8f\x02\n\nOpenStream\x12-\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1c.loaderd.feed.v1.DatasetSpec\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x12\n\nworld_size\x18\x03 \x01(\x05\x12(\n\x04mode\x18\x04 \x01(\x0e\x32\x1a.loaderd.feed.v1.ShardMode\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12\x11\n\tdrop_last\x18\x07 \x01(\x08\x12\x14\n\x0cstart_sample\x18\x08 \x01(\x03\x12\x0b\n\x03job\x18\t \x01(\t\x12-\n\ttransport\x18\n \x01(\x0e\x32\x1a.loaderd.feed.v1.Transport\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x03\"r\n\x0eStreamResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.loaderd.feed.v1.StreamHeaderH\x00\x12\'\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x16.loaderd.feed.v1.BatchH\x00\x42\x06\n\x04kind\"\xec\x01\n\x0cStreamHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61rrow_schema\x18\x02 \x01(\x0c\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x03\x12\x14\n\x0cstart_sample\x18\x04 \x01(\x03\x12\x17\n\x0fpadding_samples\x18\x05 \x01(\x03\x12-\n\ttransport\x18\x06 \x01(\x0e\x32\x1a.loaderd.feed.v1.Transport\x12\x18\n\x10plan_fingerprint\x18( \x01(\t\x12%\n\x03shm\x18\x14 \x01(\x0b\x32\x18.loaderd.feed.v1.ShmRing\";\n\x07ShmRing\x12\x13\n\x0bsocket_name\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\x12\x0c\n\x04size\x18\x03 \x01(\x03\"\xa1\x01\n\x05\x42\x61tch\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x14\n\x0c\x66irst_sample\x18\x02 \x01(\x03\x12\x10\n\x08num_rows\x18\x03 \x01(\x03\x12\x14\n\x0cpadding_rows\x18\x04 \x01(\x03\x12\x11\n\tarrow_ipc\x18\x05 \x01(\x0c\x12\x13\n\x0bnext_sample\x18\x06 \x01(\x03\x12%\n\x03shm\x18\x14 \x01(\x0b\x32\x18.loaderd.feed.v1.ShmSlot\"7\n\x07ShmSlot\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\"\x0f\n\rStatusRequest\"\x97\x01\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x02 \x01(\x01\x12\x30\n\x08sessions\x18\x03 \x03(\x0b\x32\x1e.loaderd.feed.v1.SessionStatus\x12*\n\x05plans\x18< \x03(\x0b\x32\x1b.loaderd.feed.v1.PlanStatus\"e\n\nPlanStatus\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x12\n\nworld_size\x18\x03 \x01(\x05\x12\x18\n\x10plan_fingerprint\x18\x04 \x01(\t\x12\r\n\x05ranks\x18\x05 \x03(\x05\"\xfc\x02\n\rSessionStatus\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03job\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x12\n\nworld_size\x18\x04 \x01(\x05\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x14\n\x0c\x62\x61tches_sent\x18\x06 \x01(\x03\x12\x11\n\trows_sent\x18\x07 \x01(\x03\x12\x12\n\nbytes_sent\x18\x08 \x01(\x03\x12\x1a\n\x12\x62\x61tches_per_second\x18\t \x01(\x01\x12\x13\n\x0bqueue_depth\x18\n \x01(\x05\x12-\n\ttransport\x18\x32 \x01(\x0e\x32\x1a.loaderd.feed.v1.Transport\x12\x16\n\x0eshm_ring_bytes\x18\x33 \x01(\x03\x12\x16\n\x0eshm_bytes_held\x18\x34 \x01(\x03\x12\x16\n\x0eshm_slots_held\x18\x35 \x01(\x05\x12\x1a\n\x12shm_inline_batches\x18\x36 \x01(\x03\x12\x18\n\x10shm_wait_seconds\x18\x37 \x01(\x01\"\x10\n\x0eVersionRequest\"F\n\x0fVersionResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\ngo_version\x18\x02 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\t\"8\n\x0bPlanRequest\x12)\n\x04open\x18\x01 \x01(\x0b\x32\x1b.loaderd.feed.v1.OpenStream\"m\n\x0cPlanResponse\x12\x18\n\x10plan_fingerprint\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x03\x12\x17\n\x0fpadding_samples\x18\x03 \x01(\x03\x12\x15\n\rtotal_samples\x18\x04 \x01(\x03*J\n\x07OnError\x12\x18\n\x14ON_ERROR_UNSPECIFIED\x10\x00\x12\x12\n\x0eON_ERROR_RAISE\x10\x01\x12\x11\n\rON_ERROR_SKIP\x10\x02*R\n\tShardMode\x12\x1a\n\x16SHARD_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSHARD_MODE_EVEN\x10\x01\x12\x14\n\x10SHARD_MODE_EXACT\x10\x02*M\n\tTransport\x12\x19\n\x15TRANSPORT_UNSPECIFIED\x10\x00\x12\x12\n\x0eTRANSPORT_GRPC\x10\x01\x12\x11\n\rTRANSPORT_SHM\x10\x02\x32\x84\x03\n\x04\x46\x65\x65\x64\x12O\n\x08\x44\x65scribe\x12 .loaderd.feed.v1.DescribeRequest\x1a!.loaderd.feed.v1.DescribeResponse\x12M\n\x06Stream\x12\x1e.loaderd.feed.v1.StreamRequest\x1a\x1f.loaderd.feed.v1.StreamResponse(\x01\x30\x01\x12I\n\x06Status\x12\x1e.loaderd.feed.v1.StatusRequest\x1a\x1f.loaderd.feed.v1.StatusResponse\x12L\n\x07Version\x12\x1f.loaderd.feed.v1.VersionRequest\x1a .loaderd.feed.v1.VersionResponse\x12\x43\n\x04Plan\x12\x1c.loaderd.feed.v1.PlanRequest\x1a\x1d.loaderd.feed.v1.PlanResponseB<Z:github.com/loaderd/loaderd/feed/api/loaderd/feed/v1;feedv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z:github.com/loaderd/loaderd/feed/api/loaderd/feed/v1;feedv1'
   _globals['_DATASETSPEC_OPTIONSENTRY']._loaded_options = None
   _globals['_DATASETSPEC_OPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_ONERROR']._serialized_start=2105
-  _globals['_ONERROR']._serialized_end=2179
-  _globals['_SHARDMODE']._serialized_start=2181
-  _globals['_SHARDMODE']._serialized_end=2263
-  _globals['_TRANSPORT']._serialized_start=2265
-  _globals['_TRANSPORT']._serialized_end=2323
+  _globals['_ONERROR']._serialized_start=2475
+  _globals['_ONERROR']._serialized_end=2549
+  _globals['_SHARDMODE']._serialized_start=2551
+  _globals['_SHARDMODE']._serialized_end=2633
+  _globals['_TRANSPORT']._serialized_start=2635
+  _globals['_TRANSPORT']._serialized_end=2712
   _globals['_DATASETSPEC']._serialized_start=32
   _globals['_DATASETSPEC']._serialized_end=287
   _globals['_DATASETSPEC_OPTIONSENTRY']._serialized_start=241
@@ -59,25 +59,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMRESPONSE']._serialized_start=922
   _globals['_STREAMRESPONSE']._serialized_end=1036
   _globals['_STREAMHEADER']._serialized_start=1039
-  _globals['_STREAMHEADER']._serialized_end=1236
-  _globals['_BATCH']._serialized_start=1238
-  _globals['_BATCH']._serialized_end=1360
-  _globals['_STATUSREQUEST']._serialized_start=1362
-  _globals['_STATUSREQUEST']._serialized_end=1377
-  _globals['_STATUSRESPONSE']._serialized_start=1380
-  _globals['_STATUSRESPONSE']._serialized_end=1531
-  _globals['_PLANSTATUS']._serialized_start=1533
-  _globals['_PLANSTATUS']._serialized_end=1634
-  _globals['_SESSIONSTATUS']._serialized_start=1637
-  _globals['_SESSIONSTATUS']._serialized_end=1844
-  _globals['_VERSIONREQUEST']._serialized_start=1846
-  _globals['_VERSIONREQUEST']._serialized_end=1862
-  _globals['_VERSIONRESPONSE']._serialized_start=1864
-  _globals['_VERSIONRESPONSE']._serialized_end=1934
-  _globals['_PLANREQUEST']._serialized_start=1936
-  _globals['_PLANREQUEST']._serialized_end=1992
-  _globals['_PLANRESPONSE']._serialized_start=1994
-  _globals['_PLANRESPONSE']._serialized_end=2103
-  _globals['_FEED']._serialized_start=2326
-  _globals['_FEED']._serialized_end=2714
+  _globals['_STREAMHEADER']._serialized_end=1275
+  _globals['_SHMRING']._serialized_start=1277
+  _globals['_SHMRING']._serialized_end=1336
+  _globals['_BATCH']._serialized_start=1339
+  _globals['_BATCH']._serialized_end=1500
+  _globals['_SHMSLOT']._serialized_start=1502
+  _globals['_SHMSLOT']._serialized_end=1557
+  _globals['_STATUSREQUEST']._serialized_start=1559
+  _globals['_STATUSREQUEST']._serialized_end=1574
+  _globals['_STATUSRESPONSE']._serialized_start=1577
+  _globals['_STATUSRESPONSE']._serialized_end=1728
+  _globals['_PLANSTATUS']._serialized_start=1730
+  _globals['_PLANSTATUS']._serialized_end=1831
+  _globals['_SESSIONSTATUS']._serialized_start=1834
+  _globals['_SESSIONSTATUS']._serialized_end=2214
+  _globals['_VERSIONREQUEST']._serialized_start=2216
+  _globals['_VERSIONREQUEST']._serialized_end=2232
+  _globals['_VERSIONRESPONSE']._serialized_start=2234
+  _globals['_VERSIONRESPONSE']._serialized_end=2304
+  _globals['_PLANREQUEST']._serialized_start=2306
+  _globals['_PLANREQUEST']._serialized_end=2362
+  _globals['_PLANRESPONSE']._serialized_start=2364
+  _globals['_PLANRESPONSE']._serialized_end=2473
+  _globals['_FEED']._serialized_start=2715
+  _globals['_FEED']._serialized_end=3103
 # @@protoc_insertion_point(module_scope)
