@@ -421,7 +421,11 @@ class ShmRing(_message.Message):
     "claim <session_id> <token in hex>\\n" and receives "ok <bytes>\\n" with the
     memfd attached (SCM_RIGHTS), or "error <reason>\\n". Only the process that
     owns the stream's connection (same pid and uid) is given the ring. The
-    ring's first page is a versioned header describing its layout.
+    ring's first page is a versioned header describing its layout. After "ok"
+    the connection stays open for acknowledgements: the client writes the seq
+    of each batch it releases as 8 bytes, little-endian (an Ack on the stream
+    does the same, at a higher cost per batch); the daemon closes it when the
+    session ends.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -476,7 +480,8 @@ class Batch(_message.Message):
     @_builtins.property
     def shm(self) -> Global___ShmSlot:
         """Set instead of arrow_ipc when the batch lies in the session's shared
-        memory ring; the client acknowledges seq when it releases the batch.
+        memory ring; the client acknowledges seq when it releases the batch, and
+        the slot is not written again before that.
         """
 
     def __init__(

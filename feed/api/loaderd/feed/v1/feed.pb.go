@@ -887,7 +887,11 @@ func (x *StreamHeader) GetShm() *ShmRing {
 // "claim <session_id> <token in hex>\n" and receives "ok <bytes>\n" with the
 // memfd attached (SCM_RIGHTS), or "error <reason>\n". Only the process that
 // owns the stream's connection (same pid and uid) is given the ring. The
-// ring's first page is a versioned header describing its layout.
+// ring's first page is a versioned header describing its layout. After "ok"
+// the connection stays open for acknowledgements: the client writes the seq
+// of each batch it releases as 8 bytes, little-endian (an Ack on the stream
+// does the same, at a higher cost per batch); the daemon closes it when the
+// session ends.
 type ShmRing struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// File name of the hand-off socket, in the directory of the main socket.
@@ -965,7 +969,8 @@ type Batch struct {
 	// further when rows of bad input were skipped.
 	NextSample int64 `protobuf:"varint,6,opt,name=next_sample,json=nextSample,proto3" json:"next_sample,omitempty"`
 	// Set instead of arrow_ipc when the batch lies in the session's shared
-	// memory ring; the client acknowledges seq when it releases the batch.
+	// memory ring; the client acknowledges seq when it releases the batch, and
+	// the slot is not written again before that.
 	Shm           *ShmSlot `protobuf:"bytes,20,opt,name=shm,proto3" json:"shm,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
