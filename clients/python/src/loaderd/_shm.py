@@ -16,6 +16,7 @@ and delaying the batches themselves.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
@@ -79,7 +80,10 @@ class _SlotOwner:
         self._release = release
 
     def __del__(self) -> None:
-        self._release()
+        # Never raise from a finalizer (at interpreter exit, say): a lost
+        # acknowledgement only keeps a slot of a session that is ending.
+        with contextlib.suppress(Exception):
+            self._release()
 
 
 class Ring:
