@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	feedv1 "github.com/loaderd/loaderd/feed/api/loaderd/feed/v1"
+	"github.com/loaderd/loaderd/feed/internal/shm"
 	"github.com/loaderd/loaderd/shard"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -23,6 +26,7 @@ type Client struct {
 	api    feedv1.FeedClient
 	health healthpb.HealthClient
 	mem    memory.Allocator
+	socket string
 }
 
 // Dial connects to the daemon at socket ("" means DefaultSocket). It does not
@@ -38,7 +42,7 @@ func Dial(socket string) (*Client, error) {
 		return nil, fmt.Errorf("dial %s: %w", socket, err)
 	}
 	return &Client{conn: conn, api: feedv1.NewFeedClient(conn), health: healthpb.NewHealthClient(conn),
-		mem: memory.DefaultAllocator}, nil
+		mem: memory.DefaultAllocator, socket: socket}, nil
 }
 
 // Close closes the connection.
@@ -75,6 +79,9 @@ type StreamRequest struct {
 	DropLast    bool
 	StartSample int64
 	Job         string
+	// Transport: auto (the default) takes shared memory when the daemon
+	// offers it and falls back to gRPC if the ring cannot be received.
+	Transport Transport
 }
 
 // BatchReader reads a stream's batches.
@@ -82,11 +89,14 @@ type BatchReader struct {
 	stream     grpc.BidiStreamingClient[feedv1.StreamRequest, feedv1.StreamResponse]
 	dec        *decoder
 	cancel     context.CancelFunc
+	ring       *shm.Mapping // nil on gRPC
+	acks       *shm.Acks
 	NumSamples int64 // in the rank's epoch, padding included
 	Padding    int64
 	SessionID  string
 	// PlanFingerprint identifies the epoch's global plan (see Client.Plan).
 	PlanFingerprint string
+	Transport       Transport // the one in use: TransportGRPC or TransportShm
 }
 
 // ClientBatch is one received batch; the caller releases Record.
@@ -94,17 +104,32 @@ type ClientBatch struct {
 	Record            arrow.RecordBatch
 	Seq, First, Next  int64
 	Padding, IPCBytes int64
+	// Shm is whether the batch came through the shared-memory ring.
+	Shm bool
 }
 
 // Stream opens a session and returns its reader; Close it when done.
 func (c *Client) Stream(ctx context.Context, req StreamRequest) (*BatchReader, error) {
+	br, err := c.stream(ctx, req, req.Transport)
+	if err != nil && req.Transport == TransportAuto && errors.Is(err, errNoRing) {
+		return c.stream(ctx, req, TransportGRPC)
+	}
+	return br, err
+}
+
+// errNoRing marks a session whose shared-memory ring could not be received.
+var errNoRing = errors.New("feed: no shared-memory ring")
+
+func (c *Client) stream(ctx context.Context, req StreamRequest, tr Transport) (*BatchReader, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	st, err := c.api.Stream(ctx)
 	if err != nil {
 		cancel()
 		return nil, err
 	}
-	if err := st.Send(&feedv1.StreamRequest{Kind: &feedv1.StreamRequest_Open{Open: req.toProto()}}); err != nil {
+	open := req.toProto()
+	open.Transport = transportToProto(tr)
+	if err := st.Send(&feedv1.StreamRequest{Kind: &feedv1.StreamRequest_Open{Open: open}}); err != nil {
 		cancel()
 		return nil, recvErr(st, err)
 	}
@@ -118,9 +143,35 @@ func (c *Client) Stream(ctx context.Context, req StreamRequest) (*BatchReader, e
 		cancel()
 		return nil, errors.New("feed: stream did not start with a header")
 	}
-	return &BatchReader{stream: st, dec: newDecoder(h.GetArrowSchema(), c.mem), cancel: cancel,
+	br := &BatchReader{stream: st, dec: newDecoder(h.GetArrowSchema(), c.mem), cancel: cancel,
 		NumSamples: h.GetNumSamples(), Padding: h.GetPaddingSamples(), SessionID: h.GetSessionId(),
-		PlanFingerprint: h.GetPlanFingerprint()}, nil
+		PlanFingerprint: h.GetPlanFingerprint(), Transport: TransportGRPC}
+	if h.GetTransport() == feedv1.Transport_TRANSPORT_SHM {
+		ring, acks, err := c.receiveRing(ctx, h)
+		if err != nil {
+			br.Close()
+			return nil, err
+		}
+		br.ring, br.acks, br.Transport = ring, acks, TransportShm
+	}
+	return br, nil
+}
+
+// receiveRing claims and maps a session's ring.
+func (c *Client) receiveRing(ctx context.Context, h *feedv1.StreamHeader) (*shm.Mapping, *shm.Acks, error) {
+	r := h.GetShm()
+	path := filepath.Join(filepath.Dir(c.socket), filepath.Base(r.GetSocketName()))
+	fd, acks, err := shm.ClaimWithAcks(ctx, path, h.GetSessionId(), r.GetToken())
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", errNoRing, err)
+	}
+	defer func() { _ = unix.Close(fd) }()
+	m, err := shm.Map(fd)
+	if err != nil {
+		_ = acks.Close()
+		return nil, nil, fmt.Errorf("%w: %w", errNoRing, err)
+	}
+	return m, acks, nil
 }
 
 func (req StreamRequest) toProto() *feedv1.OpenStream {
@@ -128,7 +179,7 @@ func (req StreamRequest) toProto() *feedv1.OpenStream {
 		Dataset: specToProto(req.Spec), Rank: int32(req.Rank), WorldSize: int32(req.World),
 		Mode: modeToProto(req.Mode), Epoch: req.Epoch, BatchSize: int32(req.BatchSize),
 		DropLast: req.DropLast, StartSample: req.StartSample, Job: req.Job,
-		Transport: feedv1.Transport_TRANSPORT_GRPC,
+		Transport: transportToProto(req.Transport),
 	}
 }
 
@@ -184,18 +235,37 @@ func (r *BatchReader) Next() (*ClientBatch, error) {
 	if b == nil {
 		return nil, errors.New("feed: expected a batch")
 	}
-	rec, err := r.dec.decode(b.GetArrowIpc())
+	msg := b.GetArrowIpc()
+	if s := b.GetShm(); s != nil {
+		if r.ring == nil {
+			return nil, errors.New("feed: a shared-memory batch on a stream without a ring")
+		}
+		if msg, err = r.ring.Slot(s.GetOffset(), s.GetLength()); err != nil {
+			return nil, err
+		}
+	}
+	// The Go client decodes into its own memory (a copy) and releases the
+	// slot at once; the zero-copy consumer is the Python client.
+	rec, err := r.dec.decode(msg)
 	if err != nil {
 		return nil, err
 	}
+	if b.GetShm() != nil {
+		// An error here means the session is over; Recv reports why.
+		_ = r.acks.Ack(b.GetSeq())
+	}
 	return &ClientBatch{Record: rec, Seq: b.GetSeq(), First: b.GetFirstSample(), Next: b.GetNextSample(),
-		Padding: b.GetPaddingRows(), IPCBytes: int64(len(b.GetArrowIpc()))}, nil
+		Padding: b.GetPaddingRows(), IPCBytes: int64(len(msg)), Shm: b.GetShm() != nil}, nil
 }
 
 // Close ends the session.
 func (r *BatchReader) Close() {
 	r.cancel()
 	r.dec.close()
+	if r.ring != nil {
+		_ = r.ring.Close()
+		_ = r.acks.Close()
+	}
 }
 
 // SessionReport is one row of a status report.
@@ -210,7 +280,14 @@ type SessionReport struct {
 	// session opened.
 	Stall, Age float64
 	// Prepared: the epoch was prepared before the session asked.
-	Prepared bool
+	Prepared  bool
+	Transport Transport
+	// Shared memory: the ring's data bytes, what the client holds of it,
+	// batches that went inline, time spent waiting for the client.
+	ShmRingBytes, ShmBytesHeld int64
+	ShmSlotsHeld               int
+	ShmInline                  int64
+	ShmWaitSeconds             float64
 }
 
 // StallFraction is the share of the session's life spent waiting for batches.
@@ -284,7 +361,10 @@ func (c *Client) Status(ctx context.Context) (StatusReport, error) {
 			Epoch: s.GetEpoch(), Batches: s.GetBatchesSent(), Rows: s.GetRowsSent(), Bytes: s.GetBytesSent(),
 			BatchesPerSecond: s.GetBatchesPerSecond(), QueueDepth: int(s.GetQueueDepth()),
 			QueueCap: int(s.GetQueueCapacity()), Stall: s.GetStallSeconds(), Age: s.GetAgeSeconds(),
-			Prepared: s.GetPrepared(),
+			Prepared:  s.GetPrepared(),
+			Transport: transportFromProto(s.GetTransport()), ShmRingBytes: s.GetShmRingBytes(),
+			ShmBytesHeld: s.GetShmBytesHeld(), ShmSlotsHeld: int(s.GetShmSlotsHeld()),
+			ShmInline: s.GetShmInlineBatches(), ShmWaitSeconds: s.GetShmWaitSeconds(),
 		})
 	}
 	for _, p := range resp.GetPlans() {

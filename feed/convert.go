@@ -47,3 +47,23 @@ func modeToProto(m shard.Mode) feedv1.ShardMode {
 	}
 	return feedv1.ShardMode_SHARD_MODE_EVEN
 }
+
+func transportFromProto(t feedv1.Transport) Transport {
+	switch t {
+	case feedv1.Transport_TRANSPORT_GRPC:
+		return TransportGRPC
+	case feedv1.Transport_TRANSPORT_SHM:
+		return TransportShm
+	}
+	return TransportAuto
+}
+
+func transportToProto(t Transport) feedv1.Transport {
+	switch t {
+	case TransportGRPC:
+		return feedv1.Transport_TRANSPORT_GRPC
+	case TransportShm:
+		return feedv1.Transport_TRANSPORT_SHM
+	}
+	return feedv1.Transport_TRANSPORT_UNSPECIFIED
+}

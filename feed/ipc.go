@@ -21,17 +21,27 @@ func encodeSchema(sc *arrow.Schema) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// encodeBatch appends the Arrow IPC record-batch message of rec to buf.
-func encodeBatch(buf *bytes.Buffer, rec arrow.RecordBatch, mem memory.Allocator) error {
+// batchPayload returns the Arrow IPC payload of rec, which references rec's
+// buffers without copying them, and the size of the encapsulated message it
+// writes. The caller releases the payload.
+func batchPayload(rec arrow.RecordBatch, mem memory.Allocator) (ipc.Payload, int64, error) {
 	p, err := ipc.GetRecordBatchPayload(rec, ipc.WithAllocator(mem))
 	if err != nil {
-		return fmt.Errorf("encoding batch: %w", err)
+		return ipc.Payload{}, 0, fmt.Errorf("encoding batch: %w", err)
 	}
-	defer p.Release()
-	if _, err := p.WritePayload(buf); err != nil {
-		return fmt.Errorf("encoding batch: %w", err)
+	var n countingWriter // lengths only: no byte is copied
+	if _, err := p.WritePayload(&n); err != nil {
+		p.Release()
+		return ipc.Payload{}, 0, fmt.Errorf("encoding batch: %w", err)
 	}
-	return nil
+	return p, int64(n), nil
+}
+
+type countingWriter int64
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	*c += countingWriter(len(b))
+	return len(b), nil
 }
 
 // decoder turns the stream's IPC messages back into record batches: one

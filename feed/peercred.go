@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/loaderd/loaderd/feed/internal/shm"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
 )
@@ -86,18 +87,7 @@ func ucred(conn net.Conn) (*unix.Ucred, error) {
 	if !ok {
 		return nil, fmt.Errorf("peercred: %T is not a Unix socket", conn)
 	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	return cred, serr
+	return shm.PeerCred(uc)
 }
 
 // ServerHandshake implements credentials.TransportCredentials.

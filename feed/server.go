@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -20,6 +22,7 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/validator"
 	"github.com/loaderd/loaderd/cache"
 	feedv1 "github.com/loaderd/loaderd/feed/api/loaderd/feed/v1"
+	"github.com/loaderd/loaderd/feed/internal/shm"
 	"github.com/loaderd/loaderd/prefetch"
 	"github.com/loaderd/loaderd/shard"
 	"google.golang.org/grpc"
@@ -55,7 +58,34 @@ type Options struct {
 	// ShutdownGrace is how long open calls may run after a stop is asked for.
 	ShutdownGrace time.Duration
 	Version       string
+	// ShmRingBytes bounds the data area of each session's shared-memory
+	// ring: the memory a session pins for batches the client has not
+	// released yet, on top of its prefetch queue. A ring is sized to hold
+	// ShmRingBatches batches like the session's first, within
+	// [min(ShmMinRingBytes, ShmRingBytes), ShmRingBytes]. Negative disables
+	// the shared-memory transport.
+	ShmRingBytes int64
+	// ShmSpillAfter is how long a batch waits for room in a full ring (the
+	// client holds every slot) before it goes inline over gRPC instead. Until
+	// the client releases a slot, later batches then go inline at once.
+	ShmSpillAfter time.Duration
+	// ShmMinBatchBytes: smaller batches go inline even on a shared-memory
+	// session: for them a gRPC message costs less than a slot and its
+	// acknowledgement. A session whose first batch is smaller gets gRPC,
+	// unless the client insisted on TransportShm. Zero means
+	// DefaultShmMinBatchBytes; negative, every batch goes through the ring.
+	ShmMinBatchBytes int64
 }
+
+// Shared-memory ring sizing; see Options.ShmRingBytes.
+const (
+	DefaultShmRingBytes     = 256 << 20
+	DefaultShmMinBatchBytes = 64 << 10
+	ShmMinRingBytes         = 4 << 20
+	ShmRingBatches          = 8
+	// shmSlots bounds the batches in a ring at once, whatever their size.
+	shmSlots = 64
+)
 
 // EnsureDefaults fills zero fields with defaults.
 func (o *Options) EnsureDefaults() {
@@ -89,6 +119,15 @@ func (o *Options) EnsureDefaults() {
 	if o.Version == "" {
 		o.Version = "dev"
 	}
+	if o.ShmRingBytes == 0 {
+		o.ShmRingBytes = DefaultShmRingBytes
+	}
+	if o.ShmSpillAfter == 0 {
+		o.ShmSpillAfter = time.Second
+	}
+	if o.ShmMinBatchBytes == 0 {
+		o.ShmMinBatchBytes = DefaultShmMinBatchBytes
+	}
 }
 
 // Validate reports options that cannot work.
@@ -100,6 +139,10 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("max batch message size %d is below 1 MiB", o.MaxSendBytes)
 	case o.Ahead < 1 || o.ReadAhead < 1:
 		return fmt.Errorf("queue depths must be at least 1")
+	case o.ShmRingBytes > 0 && o.ShmRingBytes < 1<<16:
+		return fmt.Errorf("shared-memory ring of %d bytes is below 64 KiB", o.ShmRingBytes)
+	case o.ShmSpillAfter < 0:
+		return fmt.Errorf("shared-memory spill delay %v is negative", o.ShmSpillAfter)
 	}
 	return nil
 }
@@ -136,6 +179,9 @@ type Server struct {
 	served struct{ batches, rows, bytes atomic.Int64 }
 	// base is canceled when the server stops; every session derives from it.
 	base context.Context
+	// shmName is the hand-off socket's file name, beside the main socket;
+	// empty when the shared-memory transport is off.
+	shmName string
 }
 
 // NewServer returns a server; Serve starts it.
@@ -189,10 +235,21 @@ func (s *Server) Serve(ctx context.Context, ready func()) error {
 	if err != nil {
 		return err
 	}
-	base, cancel := context.WithCancel(context.Background())
+	// Not ctx itself: sessions end after the listener stops, when cancel is
+	// called below.
+	base, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	s.base = base
 	s.started = time.Now()
+
+	handedOff := make(chan struct{})
+	if hl := s.listenShm(); hl != nil {
+		h := shm.NewHandoff(hl, s.sessions.offer, s.log)
+		go func() { h.Serve(base); close(handedOff) }()
+	} else {
+		close(handedOff)
+	}
+	defer func() { cancel(); <-handedOff }() // the hand-off stops with base
 
 	g := grpc.NewServer(s.serverOptions()...)
 	feedv1.RegisterFeedServer(g, &service{s: s})
@@ -224,6 +281,26 @@ func (s *Server) Serve(ctx context.Context, ready func()) error {
 		s.log.Warn("serving ended", "err", err)
 	}
 	return nil
+}
+
+// ShmSocket is the path of the hand-off socket that gives clients their
+// rings: the main socket's path with ".shm" appended.
+func (s *Server) ShmSocket() string { return s.opts.Socket + ".shm" }
+
+// listenShm opens the hand-off socket, or returns nil, and leaves the
+// shared-memory transport off, when it is disabled or cannot listen: the
+// daemon still serves, over gRPC alone.
+func (s *Server) listenShm() *net.UnixListener {
+	if s.opts.ShmRingBytes <= 0 {
+		return nil
+	}
+	l, err := listen(s.ShmSocket(), s.opts.SocketDirMode)
+	if err != nil {
+		s.log.Warn("shared-memory transport off: no hand-off socket", "err", err)
+		return nil
+	}
+	s.shmName = filepath.Base(s.ShmSocket())
+	return l
 }
 
 func (s *Server) serverOptions() []grpc.ServerOption {

@@ -2,6 +2,7 @@ package feed
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/apache/arrow-go/v18/parquet"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
+	"github.com/loaderd/loaderd/feed/internal/shm"
 	"github.com/loaderd/loaderd/prefetch"
 	"github.com/loaderd/loaderd/shard"
 	"github.com/loaderd/loaderd/tests/corpora"
@@ -30,7 +32,8 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	// Helper mode: dial a socket as another user (see TestPeerCredentials).
+	// Helper modes, run as another user or process (see TestPeerCredentials
+	// and TestShmRingGoesOnlyToItsOwner).
 	if sock := os.Getenv("LOADERD_TEST_DIAL"); sock != "" {
 		c, err := Dial(sock)
 		if err == nil {
@@ -40,7 +43,58 @@ func TestMain(m *testing.M) {
 		fmt.Print(err)
 		os.Exit(0)
 	}
+	if req := os.Getenv("LOADERD_TEST_CLAIM"); req != "" {
+		fmt.Print(helperClaim(req))
+		os.Exit(0)
+	}
+	if req := os.Getenv("LOADERD_TEST_SHM_STREAM"); req != "" {
+		fmt.Print(helperShmStream(req))
+		os.Exit(0)
+	}
 	goleak.VerifyTestMain(m)
+}
+
+// helperClaim claims a ring: "hand-off socket|session|token hex".
+func helperClaim(req string) string {
+	f := strings.Split(req, "|")
+	token, _ := hex.DecodeString(f[2])
+	fd, err := shm.Claim(context.Background(), f[0], f[1], token)
+	if err != nil {
+		return err.Error()
+	}
+	_ = unix.Close(fd)
+	return "claimed"
+}
+
+// helperShmStream reads a whole dataset over shared memory: "socket|glob".
+func helperShmStream(req string) string {
+	f := strings.Split(req, "|")
+	c, err := Dial(f[0])
+	if err != nil {
+		return err.Error()
+	}
+	defer c.Close()
+	br, err := c.Stream(context.Background(), StreamRequest{Spec: shard.Spec{Format: "parquet", URIs: []string{f[1]}},
+		World: 1, BatchSize: 100, Transport: TransportShm})
+	if err != nil {
+		return err.Error()
+	}
+	defer br.Close()
+	rows, viaShm := 0, 0
+	for {
+		b, err := br.Next()
+		if errors.Is(err, io.EOF) {
+			return fmt.Sprintf("ok %d rows, %d batches through shared memory", rows, viaShm)
+		}
+		if err != nil {
+			return err.Error()
+		}
+		rows += int(b.Record.NumRows())
+		if b.Shm {
+			viaShm++
+		}
+		b.Record.Release()
+	}
 }
 
 // startServer serves dir on a socket in a fresh directory until the test ends.
@@ -49,8 +103,13 @@ func startServer(t *testing.T, roots ...string) *Server {
 	return startServerWith(t, Options{Socket: filepath.Join(t.TempDir(), "run", "d.sock")}, roots...)
 }
 
+// startServerWith serves roots with opts; unless opts say otherwise,
+// batches of any size go through shared memory.
 func startServerWith(t *testing.T, opts Options, roots ...string) *Server {
 	t.Helper()
+	if opts.ShmMinBatchBytes == 0 {
+		opts.ShmMinBatchBytes = -1
+	}
 	store, err := shard.NewLocalStore(roots)
 	if err != nil {
 		t.Fatal(err)
@@ -77,8 +136,10 @@ func startServerDeps(t *testing.T, opts Options, deps Deps) *Server {
 		if err := <-done; err != nil {
 			t.Error(err)
 		}
-		if _, err := os.Stat(srv.Socket()); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("socket left behind: %v", err)
+		for _, sock := range []string{srv.Socket(), srv.ShmSocket()} {
+			if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("socket %s left behind: %v", sock, err)
+			}
 		}
 	})
 	return srv
@@ -127,33 +188,42 @@ func TestStreamOverSocket(t *testing.T) {
 	if err != nil || info.Rows != 1000 || info.Blocks != 10 || info.Schema.Field(0).Name != "id" {
 		t.Fatalf("describe: %+v, %v", info, err)
 	}
-	seen := map[int64]int{}
-	for r := 0; r < 3; r++ {
-		br, err := c.Stream(ctx, StreamRequest{Spec: spec, Rank: r, World: 3, Mode: shard.Exact, BatchSize: 64})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for {
-			b, err := br.Next()
-			if errors.Is(err, io.EOF) {
-				break
-			}
+	for _, tr := range []Transport{TransportAuto, TransportGRPC, TransportShm} {
+		seen := map[int64]int{}
+		for r := 0; r < 3; r++ {
+			br, err := c.Stream(ctx, StreamRequest{Spec: spec, Rank: r, World: 3, Mode: shard.Exact, BatchSize: 64, Transport: tr})
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, id := range b.Record.Column(0).(*array.Int64).Int64Values() {
-				seen[id]++
+			wantShm := tr != TransportGRPC
+			if got := br.Transport == TransportShm; got != wantShm {
+				t.Fatalf("%v: stream transport %v", tr, br.Transport)
 			}
-			b.Record.Release()
+			for {
+				b, err := br.Next()
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if b.Shm != wantShm {
+					t.Fatalf("%v: batch %d through shm: %v", tr, b.Seq, b.Shm)
+				}
+				for _, id := range b.Record.Column(0).(*array.Int64).Int64Values() {
+					seen[id]++
+				}
+				b.Record.Release()
+			}
+			br.Close()
 		}
-		br.Close()
-	}
-	if len(seen) != 1000 {
-		t.Fatalf("%d distinct ids", len(seen))
-	}
-	for id, n := range seen {
-		if n != 1 {
-			t.Fatalf("id %d seen %d times", id, n)
+		if len(seen) != 1000 {
+			t.Fatalf("%v: %d distinct ids", tr, len(seen))
+		}
+		for id, n := range seen {
+			if n != 1 {
+				t.Fatalf("%v: id %d seen %d times", tr, id, n)
+			}
 		}
 	}
 }
@@ -260,6 +330,31 @@ func TestPeerCredentials(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	bin := helperBinary(t, dir)
+	dialAsNobody := func(sock string) string {
+		if err := os.Chmod(sock, 0o666); err != nil {
+			t.Fatal(err)
+		}
+		return runHelper(t, bin, nobody, "LOADERD_TEST_DIAL="+sock)
+	}
+	refusing := startServerWith(t, Options{Socket: filepath.Join(dir, "a", "d.sock"), SocketDirMode: 0o755}, dir)
+	// Refused at the handshake, the client sees the connection close.
+	if out := dialAsNobody(refusing.Socket()); !strings.Contains(out, "code = Unavailable") {
+		t.Fatalf("a uid 65534 process was not refused: %q", out)
+	}
+	allowing := startServerWith(t, Options{Socket: filepath.Join(dir, "b", "d.sock"), SocketDirMode: 0o755,
+		AllowUIDs: []uint32{65534}}, dir)
+	if out := dialAsNobody(allowing.Socket()); out != "<nil>" {
+		t.Fatalf("an allowed uid 65534 process was refused: %q", out)
+	}
+}
+
+// nobody is the uid and gid helper processes run as to be another user.
+const nobody = 65534
+
+// helperBinary copies this test binary into dir, where other users can run it.
+func helperBinary(t *testing.T, dir string) string {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -272,31 +367,25 @@ func TestPeerCredentials(t *testing.T) {
 	if err := os.WriteFile(bin, data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	dialAsNobody := func(sock string) string {
-		if err := os.Chmod(sock, 0o666); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, bin, "-test.run=^$")
-		cmd.Env = append(os.Environ(), "LOADERD_TEST_DIAL="+sock)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("helper: %v", err)
-		}
-		return string(out)
+	return bin
+}
+
+// runHelper runs the helper binary as uid (and the same gid) with env added,
+// and returns what it printed.
+func runHelper(t *testing.T, bin string, uid uint32, env ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "-test.run=^$")
+	cmd.Env = append(os.Environ(), env...)
+	if uid != uint32(os.Getuid()) {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 	}
-	refusing := startServerWith(t, Options{Socket: filepath.Join(dir, "a", "d.sock"), SocketDirMode: 0o755}, dir)
-	// Refused at the handshake, the client sees the connection close.
-	if out := dialAsNobody(refusing.Socket()); !strings.Contains(out, "code = Unavailable") {
-		t.Fatalf("a uid 65534 process was not refused: %q", out)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helper: %v", err)
 	}
-	allowing := startServerWith(t, Options{Socket: filepath.Join(dir, "b", "d.sock"), SocketDirMode: 0o755,
-		AllowUIDs: []uint32{65534}}, dir)
-	if out := dialAsNobody(allowing.Socket()); out != "<nil>" {
-		t.Fatalf("an allowed uid 65534 process was refused: %q", out)
-	}
+	return string(out)
 }
 
 func TestPeerCredsRules(t *testing.T) {

@@ -1,16 +1,10 @@
 package feed
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"fmt"
-	"io"
 	"runtime"
 	"time"
 
-	"github.com/apache/arrow-go/v18/arrow"
-	"github.com/apache/arrow-go/v18/arrow/memory"
 	feedv1 "github.com/loaderd/loaderd/feed/api/loaderd/feed/v1"
 	"github.com/loaderd/loaderd/prefetch"
 	"github.com/loaderd/loaderd/shard"
@@ -102,93 +96,6 @@ func (v *service) Plan(ctx context.Context, req *feedv1.PlanRequest) (*feedv1.Pl
 	}, nil
 }
 
-func (v *service) Stream(stream feedv1.Feed_StreamServer) error {
-	ctx := stream.Context()
-	first, err := stream.Recv()
-	if err != nil {
-		return err
-	}
-	open := first.GetOpen()
-	if open == nil {
-		return fmt.Errorf("%w: the first message of a stream must open it", shard.ErrInvalid)
-	}
-	spec := specFromProto(open.GetDataset())
-	ds, plan, rp, err := v.share(ctx, open)
-	if err != nil {
-		return err
-	}
-	planFP := ds.PlanFingerprint(plan)
-	// Sessions end with the server as well as with the client.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(v.s.base, cancel)
-	defer stop()
-
-	ps, err := v.s.sched.Open(v.request(ds, spec, open))
-	if err != nil {
-		return err
-	}
-	defer ps.Close()
-
-	sess := &session{
-		id: fmt.Sprintf("s%d", v.s.sessions.seq.Add(1)), job: open.GetJob(),
-		rank: open.GetRank(), world: open.GetWorldSize(), epoch: open.GetEpoch(), plan: planFP,
-		started: time.Now(), stream: ps,
-	}
-	v.s.sessions.add(sess)
-	defer v.s.sessions.remove(sess.id)
-	log := v.s.log.With("session", sess.id, "job", sess.job, "rank", sess.rank, "epoch", sess.epoch)
-	log.Debug("session opened", "plan", rp.String(), "plan_fingerprint", planFP, "from", open.GetStartSample(),
-		"prepared", ps.Prepared())
-
-	sc, err := encodeSchema(ds.Schema())
-	if err != nil {
-		return err
-	}
-	if err := stream.Send(&feedv1.StreamResponse{Kind: &feedv1.StreamResponse_Header{Header: &feedv1.StreamHeader{
-		SessionId: sess.id, ArrowSchema: sc, NumSamples: rp.Len(), StartSample: open.GetStartSample(),
-		PaddingSamples: rp.Padding(), Transport: feedv1.Transport_TRANSPORT_GRPC, PlanFingerprint: planFP,
-	}}}); err != nil {
-		return err
-	}
-	enc := v.s.encoder()
-	defer enc.close()
-	for {
-		b, err := ps.Next(ctx)
-		if errors.Is(err, io.EOF) {
-			log.Debug("session done", "batches", sess.batches.Load(), "skipped_blocks", ps.Skipped(),
-				"stall", ps.Stall())
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		msg, err := enc.encode(b.Record, v.s.mem)
-		rows := b.Record.NumRows()
-		b.Record.Release()
-		if err != nil {
-			return err
-		}
-		// gRPC marshals the message into a buffer of its own until it is
-		// written: count that copy while it lives.
-		enc.charge(int64(len(msg)))
-		err = stream.Send(&feedv1.StreamResponse{Kind: &feedv1.StreamResponse_Batch{Batch: &feedv1.Batch{
-			Seq: b.Seq, FirstSample: b.First, NextSample: b.Next, NumRows: rows,
-			PaddingRows: b.Padding, ArrowIpc: msg,
-		}}})
-		enc.charge(-int64(len(msg)))
-		if err != nil {
-			return err
-		}
-		sess.batches.Add(1)
-		sess.rows.Add(rows)
-		sess.bytes.Add(int64(len(msg)))
-		v.s.served.batches.Add(1)
-		v.s.served.rows.Add(rows)
-		v.s.served.bytes.Add(int64(len(msg)))
-	}
-}
-
 // request describes the session's epoch to the scheduler: what identifies
 // its batches (so that a prepared epoch can be claimed), where its blocks
 // come from, and how to plan any epoch of it.
@@ -216,39 +123,4 @@ func (v *service) request(ds *shard.Dataset, spec shard.Spec, open *feedv1.OpenS
 		},
 		Options: prefetch.Options{Ahead: v.s.opts.Ahead, ReadAhead: v.s.opts.ReadAhead, OnError: spec.OnError},
 	}
-}
-
-// encoder turns a session's batches into IPC messages in one reused buffer,
-// and counts what it holds against the memory budget.
-type encoder struct {
-	s       *Server
-	buf     *bytes.Buffer
-	charged int64
-}
-
-func (s *Server) encoder() *encoder {
-	return &encoder{s: s, buf: s.encBufs.Get().(*bytes.Buffer)}
-}
-
-func (e *encoder) encode(rec arrow.RecordBatch, mem memory.Allocator) ([]byte, error) {
-	e.buf.Reset()
-	if err := encodeBatch(e.buf, rec, mem); err != nil {
-		return nil, err
-	}
-	if c := int64(e.buf.Cap()); c > e.charged {
-		e.charge(c - e.charged)
-		e.charged = c
-	}
-	return e.buf.Bytes(), nil
-}
-
-func (e *encoder) charge(n int64) {
-	if e.s.memory != nil {
-		e.s.memory.Charge(n)
-	}
-}
-
-func (e *encoder) close() {
-	e.charge(-e.charged)
-	e.s.encBufs.Put(e.buf)
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	feedv1 "github.com/loaderd/loaderd/feed/api/loaderd/feed/v1"
+	"github.com/loaderd/loaderd/feed/internal/shm"
 	"github.com/loaderd/loaderd/prefetch"
 )
 
@@ -23,9 +24,15 @@ type session struct {
 
 	batches, rows, bytes atomic.Int64
 	stream               *prefetch.Stream
+
+	transport atomic.Int32 // a Transport, once chosen
+	// offer is the session's shared-memory ring, waiting for its client or
+	// claimed; nil on gRPC.
+	offer  atomic.Pointer[shm.Offer]
+	inline atomic.Int64 // batches of a shm session that went inline
 }
 
-// sessions is the registry behind Status.
+// sessions is the registry behind Status and the shm hand-off.
 type sessions struct {
 	mu   sync.Mutex
 	byID map[string]*session
@@ -46,6 +53,17 @@ func (r *sessions) remove(id string) {
 	r.mu.Unlock()
 }
 
+// offer is the shared-memory ring session id offers its client, or nil.
+func (r *sessions) offer(id string) *shm.Offer {
+	r.mu.Lock()
+	s := r.byID[id]
+	r.mu.Unlock()
+	if s == nil {
+		return nil
+	}
+	return s.offer.Load()
+}
+
 func (r *sessions) status(now time.Time) []*feedv1.SessionStatus {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -54,6 +72,7 @@ func (r *sessions) status(now time.Time) []*feedv1.SessionStatus {
 		st := &feedv1.SessionStatus{
 			SessionId: s.id, Job: s.job, Rank: s.rank, WorldSize: s.world, Epoch: s.epoch,
 			BatchesSent: s.batches.Load(), RowsSent: s.rows.Load(), BytesSent: s.bytes.Load(),
+			Transport: transportToProto(Transport(s.transport.Load())),
 		}
 		if secs := now.Sub(s.started).Seconds(); secs > 0 {
 			st.BatchesPerSecond = float64(st.BatchesSent) / secs
@@ -64,6 +83,12 @@ func (r *sessions) status(now time.Time) []*feedv1.SessionStatus {
 			st.QueueCapacity = int32(s.stream.QueueCap())
 			st.StallSeconds = s.stream.Stall().Seconds()
 			st.Prepared = s.stream.Prepared()
+		}
+		if o := s.offer.Load(); o != nil {
+			rs := o.Ring.Stats()
+			st.ShmRingBytes, st.ShmBytesHeld, st.ShmSlotsHeld = rs.Bytes, rs.BytesHeld, int32(rs.SlotsHeld)
+			st.ShmWaitSeconds = rs.Waited.Seconds()
+			st.ShmInlineBatches = s.inline.Load()
 		}
 		out = append(out, st)
 	}

@@ -53,6 +53,13 @@ type Config struct {
 	// prepares none.
 	LookaheadTTL time.Duration `yaml:"lookahead-ttl"`
 	NoLookahead  bool          `yaml:"no-lookahead"`
+	// Shared memory (see feed.Options): the most one session's ring may
+	// take, 0 turning shared memory off; how long a batch waits for the
+	// client to free room in its ring before it goes over gRPC; and the
+	// smallest batch that goes through the ring, 0 sending all of them.
+	ShmRingBytes     Size     `yaml:"shm-ring-bytes"`
+	ShmSpillAfter    Duration `yaml:"shm-spill-after"`
+	ShmMinBatchBytes Size     `yaml:"shm-min-batch-bytes"`
 }
 
 // autoCache is CacheBytes until EnsureDefaults sizes it from MemoryBytes; no
@@ -62,7 +69,8 @@ const autoCache Size = -1
 // defaultConfig holds the defaults that differ from the zero value and do not
 // depend on the host; EnsureDefaults fills the others after file and flags.
 func defaultConfig() Config {
-	return Config{CacheBytes: autoCache, LogLevel: slog.LevelInfo}
+	return Config{CacheBytes: autoCache, LogLevel: slog.LevelInfo, ShmRingBytes: feed.DefaultShmRingBytes,
+		ShmSpillAfter: Duration(time.Second), ShmMinBatchBytes: feed.DefaultShmMinBatchBytes}
 }
 
 // flags binds every setting to a flag of fs, with c's values as defaults.
@@ -78,6 +86,9 @@ func (c *Config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464 (default: off)")
 	fs.DurationVar(&c.LookaheadTTL, "lookahead-ttl", c.LookaheadTTL, "how long a rank's next epoch, prepared while it reads the current one, waits for the rank to ask for it (default: 2m)")
 	fs.BoolVar(&c.NoLookahead, "no-lookahead", c.NoLookahead, "do not prepare ranks' next epochs ahead")
+	fs.TextVar(&c.ShmRingBytes, "shm-ring-bytes", c.ShmRingBytes, "most memory one session's shared-memory ring may take (sized from its first batch); 0 turns shared memory off")
+	fs.TextVar(&c.ShmSpillAfter, "shm-spill-after", c.ShmSpillAfter, "how long a batch waits for the client to free room in its ring before it goes over gRPC instead")
+	fs.TextVar(&c.ShmMinBatchBytes, "shm-min-batch-bytes", c.ShmMinBatchBytes, "batches smaller than this go over gRPC, which costs them less; 0 sends every batch through shared memory")
 }
 
 // EnsureDefaults fills what neither the file nor the flags set.
@@ -160,6 +171,12 @@ func (c *Config) Validate() error {
 		if r == "" {
 			return settingErr("data-root", `""`, "must name a directory")
 		}
+	}
+	if c.ShmRingBytes != 0 && c.ShmRingBytes < 1<<16 {
+		return settingErr("shm-ring-bytes", c.ShmRingBytes, "at least 64KiB, or 0 to turn shared memory off")
+	}
+	if c.ShmSpillAfter <= 0 {
+		return settingErr("shm-spill-after", c.ShmSpillAfter, "must be positive")
 	}
 	return nil
 }
@@ -433,6 +450,24 @@ func (s Size) MarshalText() ([]byte, error) {
 }
 
 func (s Size) String() string { b, _ := s.MarshalText(); return string(b) }
+
+// Duration is a time.Duration written as in "1s" or "200ms".
+type Duration time.Duration
+
+// UnmarshalText implements encoding.TextUnmarshaler (flags and YAML).
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("duration %q: want one such as 1s or 200ms", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+func (d Duration) String() string { return time.Duration(d).String() }
 
 // listFlag is a repeatable flag. Its first use on the command line replaces
 // the list (from the file or the default); later uses add to it.

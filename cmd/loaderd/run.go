@@ -124,15 +124,22 @@ func printStatus(w io.Writer, socket string, st feed.StatusReport) error {
 		})
 		fmt.Fprintln(w)
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SESSION\tJOB\tRANK\tEPOCH\tBATCHES\tROWS\tMB\tBATCHES/S\tSTALL %\tQUEUE\tPREPARED")
+		fmt.Fprintln(tw, "SESSION\tJOB\tRANK\tEPOCH\tBATCHES\tROWS\tMB\tBATCHES/S\tSTALL %\tQUEUE\tPREPARED\tTRANSPORT")
 		for _, s := range st.Sessions {
 			prepared := "no"
 			if s.Prepared {
 				prepared = "yes"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%d/%d\t%s\n", s.ID, cmp.Or(s.Job, "-"),
+			tr := s.Transport.String()
+			if s.Transport == feed.TransportShm {
+				// What the client holds of its ring, and how long the daemon
+				// waited for it (back-pressure).
+				tr = fmt.Sprintf("shm %.1f/%.1f MB held, %d inline, waited %.1fs", float64(s.ShmBytesHeld)/1e6,
+					float64(s.ShmRingBytes)/1e6, s.ShmInline, s.ShmWaitSeconds)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%d/%d\t%s\t%s\n", s.ID, cmp.Or(s.Job, "-"),
 				s.Rank, s.World, s.Epoch, s.Batches, s.Rows, float64(s.Bytes)/1e6, s.BatchesPerSecond,
-				100*s.StallFraction(), s.QueueDepth, s.QueueCap, prepared)
+				100*s.StallFraction(), s.QueueDepth, s.QueueCap, prepared, tr)
 		}
 		if err := tw.Flush(); err != nil {
 			return err

@@ -59,7 +59,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return d.srv.Serve(ctx, func() {
 		log.Info("loaderd ready", "socket", d.srv.Socket(), "version", version, "data_roots", d.roots,
 			"workers", cfg.Workers, "memory", cfg.MemoryBytes.String(), "cache", cfg.CacheBytes.String(),
-			"metrics", cfg.MetricsAddr)
+			"shm_ring", cfg.ShmRingBytes.String(), "metrics", cfg.MetricsAddr)
 		sd.ready(ctx, d.srv.Socket())
 	})
 }
@@ -102,9 +102,18 @@ func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, erro
 	// bytes, and the cache holds decoded blocks. Object stores go through
 	// cache.NewStore, whose byte ranges save network round trips.
 	store := shard.ObserveReads(local, pm.ObserveRead)
+	// feed.Options reads 0 as "the default"; in the configuration 0 means none.
+	shmBytes, shmMin := int64(cfg.ShmRingBytes), int64(cfg.ShmMinBatchBytes)
+	if shmBytes == 0 {
+		shmBytes = -1
+	}
+	if shmMin == 0 {
+		shmMin = -1
+	}
 	opts := feed.Options{
 		Socket: cfg.Socket, AllowUIDs: uids, AllowGIDs: gids, Version: version,
 		LookaheadTTL: cfg.LookaheadTTL,
+		ShmRingBytes: shmBytes, ShmSpillAfter: time.Duration(cfg.ShmSpillAfter), ShmMinBatchBytes: shmMin,
 	}
 	if cfg.NoLookahead {
 		opts.MaxPrepared = -1

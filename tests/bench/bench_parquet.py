@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 import loaderd
 from benchlib import Env, Table, best_of
+from loaderd._client import Transport
 from loaderd.testing import Daemon
 
 BATCH = 8192
@@ -69,26 +70,28 @@ def run(env: Env) -> list[Table]:
         assert n == rows
         results.append((name, t))
 
+    daemon: list[tuple[str, float]] = []
     with Daemon([str(d)], binary=env.binary, extra_args=["--log-level", "warn"]) as dm:
         ds = loaderd.read_parquet(str(d / "*.parquet"), socket=dm.socket)
+        for transport in ("shm", "grpc"):
 
-        def daemon_epoch() -> int:
-            n = 0
-            for b in ds.iter_batches(batch_size=BATCH, batch_format="numpy"):
-                n += len(b["id"])
-            return n
+            def daemon_epoch(transport: Transport = transport) -> int:
+                n = 0
+                for b in ds.iter_batches(batch_size=BATCH, batch_format="numpy", transport=transport):
+                    n += len(b["id"])
+                return n
 
-        daemon_epoch()
-        t, n = best_of(reps, daemon_epoch)
-        assert n == rows
+            daemon_epoch()
+            t, n = best_of(reps, daemon_epoch)
+            assert n == rows
+            daemon.append((f"loaderd daemon ({'shared memory' if transport == 'shm' else 'gRPC'})", t))
     peer = min(t for _, t in results)
     table = Table(
         f"Parquet → numpy, one rank, {rows:,} rows × {COLUMNS} numeric columns "
         f"({nbytes / 1e6:.0f} MB), batch {BATCH}",
         ["reader", "rows/s", "GB/s", "× best pyarrow"],
     )
-    for name, tt in results:
+    for name, tt in results + daemon:
         table.rows.append([name, rows / tt, nbytes / tt / 1e9, peer / tt])
-    table.rows.append(["loaderd daemon (gRPC transport)", rows / t, nbytes / t / 1e9, peer / t])
     table.notes.append(f"Aim: loaderd ≥ 0.8× the best pyarrow path. Best of {reps} warm runs each.")
     return [table]

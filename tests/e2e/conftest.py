@@ -68,9 +68,51 @@ def gen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 GEN_ROWS = 1_200_000
 
 
+@pytest.fixture(params=["shm", "grpc"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Both transports, for the tests that check what reaches the trainer."""
+    param: str = request.param
+    return param
+
+
+def ring_mappings(pid: int | str = "self") -> list[tuple[int, int, str]]:
+    """(start, end, permissions) of the loaderd rings a process maps."""
+    out = []
+    with open(f"/proc/{pid}/maps", encoding="ascii") as f:
+        for line in f:
+            if "/memfd:loaderd-ring-" in line:
+                span, perms = line.split()[:2]
+                lo, hi = span.split("-")
+                out.append((int(lo, 16), int(hi, 16), perms))
+    return out
+
+
+def in_ring(address: int) -> bool:
+    """Whether memory at address lies in a shared-memory ring of this process."""
+    return any(lo <= address < hi for lo, hi, _ in ring_mappings())
+
+
+def address_of(column: object) -> int:
+    """Where a numpy array's or a pyarrow array's values lie."""
+    if isinstance(column, np.ndarray):
+        addr: int = column.__array_interface__["data"][0]
+        return addr
+    assert isinstance(column, (pa.Array, pa.ChunkedArray))
+    arr = column.chunk(0) if isinstance(column, pa.ChunkedArray) else column
+    buf = arr.buffers()[-1]
+    assert buf is not None
+    return int(buf.address)
+
+
 @pytest.fixture(scope="session")
 def daemon(binary: str, corpora: Path, gen_dir: Path) -> Iterator[Daemon]:
-    d = Daemon(data_roots=[str(corpora), str(gen_dir)], binary=binary, extra_args=["--log-level", "warn"])
+    # Every batch through shared memory, however small, so the shm runs of
+    # the tests exercise the ring (by default small batches go over gRPC).
+    d = Daemon(
+        data_roots=[str(corpora), str(gen_dir)],
+        binary=binary,
+        extra_args=["--log-level", "warn", "--shm-min-batch-bytes", "0"],
+    )
     d.start()
     yield d
     code = d.stop()

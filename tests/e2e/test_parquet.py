@@ -15,7 +15,7 @@ import pytest
 import loaderd
 from loaderd.testing import Daemon
 
-from .conftest import GEN_ROWS
+from .conftest import GEN_ROWS, address_of, in_ring
 
 
 def plain(t: pa.DataType) -> pa.DataType:
@@ -42,6 +42,12 @@ def rows_of(shard: loaderd.Shard, epoch: int, **kw: Any) -> list[str]:
     return out
 
 
+def check_transport(column: object, transport: str) -> None:
+    """A batch's column lies in the shared-memory ring exactly when it came
+    over shared memory."""
+    assert in_ring(address_of(column)) == (transport == "shm"), transport
+
+
 def expectations(corpora: Path) -> list[tuple[str, str]]:
     with open(corpora / "parquet" / "EXPECTATIONS.tsv", encoding="utf-8") as f:
         return [
@@ -63,20 +69,20 @@ def malformed(corpora: Path) -> list[str]:
     return [f for f, res in expectations(corpora) if not res.startswith("OK")]
 
 
-def test_corpora_files_split_exactly_once(daemon: Daemon, corpora: Path) -> None:
+def test_corpora_files_split_exactly_once(daemon: Daemon, corpora: Path, transport: str) -> None:
     files = readable(corpora)
     assert len(files) > 40
     for name, n in files.items():
         path = str(corpora / "parquet" / name)
         ds = loaderd.read_parquet(path, socket=daemon.socket)
         assert ds.count() == n, name
-        whole = rows_of(ds.shard(0, 1, "exact"), 0)
+        whole = rows_of(ds.shard(0, 1, "exact"), 0, transport=transport)
         assert len(whole) == n, name
         want = collections.Counter(whole)
         for world in (1, 2, 3, 5, 8):
             got: collections.Counter[str] = collections.Counter()
             for r in range(world):
-                got.update(rows_of(ds.shuffle(seed=world).shard(r, world, "exact"), 1))
+                got.update(rows_of(ds.shuffle(seed=world).shard(r, world, "exact"), 1, transport=transport))
             assert got == want, f"{name}: world {world}"
 
 
@@ -107,40 +113,47 @@ def test_corpora_values_match_pyarrow(daemon: Daemon, corpora: Path) -> None:
 
 
 def ids(shard: loaderd.Shard, epoch: int, **kw: Any) -> np.ndarray[Any, Any]:
-    parts = [b["id"] for b in shard.iter_batches(batch_size=kw.pop("batch_size", 8192), epoch=epoch, **kw)]
+    """The ids of one epoch, copied out of each batch so that batches are
+    released as they go (as a training loop does)."""
+    parts = []
+    for b in shard.iter_batches(batch_size=kw.pop("batch_size", 8192), epoch=epoch, **kw):
+        if not parts and "transport" in kw:
+            check_transport(b["id"], kw["transport"])
+        parts.append(b["id"].copy())
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 @pytest.mark.slow
-def test_generated_exactly_once_every_world_size(daemon: Daemon, gen_dir: Path) -> None:
+def test_generated_exactly_once_every_world_size(daemon: Daemon, gen_dir: Path, transport: str) -> None:
     ds = loaderd.read_parquet(str(gen_dir / "*.parquet"), columns=["id", "label"], socket=daemon.socket)
     assert ds.count() == GEN_ROWS
     assert ds.schema().names == ["id", "label"]
     sh = ds.shuffle(seed=42)
     for world in range(1, 9):
         for epoch in (0, 1):
-            parts = [ids(sh.shard(r, world, "exact"), epoch) for r in range(world)]
+            parts = [ids(sh.shard(r, world, "exact"), epoch, transport=transport) for r in range(world)]
             sizes = [len(p) for p in parts]
             assert max(sizes) - min(sizes) <= 1
             allids = np.sort(np.concatenate(parts))
             assert np.array_equal(allids, np.arange(GEN_ROWS)), f"world {world} epoch {epoch}"
 
 
-def test_same_seed_same_order_epochs_differ(daemon: Daemon, gen_dir: Path) -> None:
+def test_same_seed_same_order_epochs_differ(daemon: Daemon, gen_dir: Path, transport: str) -> None:
     ds = loaderd.read_parquet(str(gen_dir), columns=["id"], socket=daemon.socket)
-    a = ids(ds.shuffle(seed=7).shard(1, 3, "exact"), 0)
-    b = ids(ds.shuffle(seed=7).shard(1, 3, "exact"), 0)
-    c = ids(ds.shuffle(seed=7).shard(1, 3, "exact"), 1)
-    d = ids(ds.shuffle(seed=8).shard(1, 3, "exact"), 0)
+    a = ids(ds.shuffle(seed=7).shard(1, 3, "exact"), 0, transport=transport)
+    b = ids(ds.shuffle(seed=7).shard(1, 3, "exact"), 0, transport=transport)
+    c = ids(ds.shuffle(seed=7).shard(1, 3, "exact"), 1, transport=transport)
+    d = ids(ds.shuffle(seed=8).shard(1, 3, "exact"), 0, transport=transport)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
     assert not np.array_equal(a, d)
     # Unshuffled: file order, identical every epoch.
-    u0, u1 = ids(ds.shard(0, 1), 0), ids(ds.shard(0, 1), 3)
+    u0 = ids(ds.shard(0, 1), 0, transport=transport)
+    u1 = ids(ds.shard(0, 1), 3, transport=transport)
     assert np.array_equal(u0, np.arange(GEN_ROWS)) and np.array_equal(u0, u1)
 
 
-def test_even_mode_equal_counts_and_marked_padding(daemon: Daemon, gen_dir: Path) -> None:
+def test_even_mode_equal_counts_and_marked_padding(daemon: Daemon, gen_dir: Path, transport: str) -> None:
     ds = loaderd.read_parquet(str(gen_dir / "*.parquet"), columns=["id"], socket=daemon.socket).shuffle(
         seed=1
     )
@@ -149,7 +162,13 @@ def test_even_mode_equal_counts_and_marked_padding(daemon: Daemon, gen_dir: Path
     real: list[np.ndarray[Any, Any]] = []
     npad = 0
     for r in range(world):
-        batches = list(ds.shard(r, world, "even").iter_batches(batch_size=10_000, padding_column="pad"))
+        # All of a rank's batches held at once: 18 of 80 KB fit the ring.
+        batches = list(
+            ds.shard(r, world, "even").iter_batches(
+                batch_size=10_000, padding_column="pad", transport=transport
+            )
+        )
+        check_transport(batches[0]["id"], transport)
         got = np.concatenate([b["id"] for b in batches])
         pad = np.concatenate([b["pad"] for b in batches])
         assert len(got) == per

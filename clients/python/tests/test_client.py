@@ -71,6 +71,7 @@ def test_get_dataset_shard_from_environment(monkeypatch: pytest.MonkeyPatch) -> 
         lambda ds: ds.shard(0, 1).iter_batches(batch_size=0),
         lambda ds: ds.shard(0, 1).iter_batches(epoch=-1),
         lambda ds: ds.shard(0, 1).iter_batches(batch_format="arrow"),
+        lambda ds: ds.shard(0, 1).iter_batches(transport="tcp"),
     ],
 )
 def test_bad_arguments_fail_before_any_call(call: object) -> None:

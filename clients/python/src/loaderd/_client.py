@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import pyarrow as pa
 
+from loaderd import _shm
 from loaderd._proto import feed_pb2, feed_pb2_grpc
 from loaderd._socket import default_socket
 from loaderd.errors import LoaderError, from_rpc_error
+
+_log = logging.getLogger("loaderd")
+
+Transport = Literal["auto", "shm", "grpc"]
+TRANSPORTS: tuple[str, ...] = ("auto", "shm", "grpc")
+_TRANSPORT_PROTO = {
+    "auto": feed_pb2.TRANSPORT_UNSPECIFIED,
+    "shm": feed_pb2.TRANSPORT_SHM,
+    "grpc": feed_pb2.TRANSPORT_GRPC,
+}
 
 # Batches can be large (a batch of images is tens of MB); requests are small.
 _CHANNEL_OPTIONS = [
@@ -98,8 +111,8 @@ class Client:
         except grpc.RpcError as err:
             raise self._error(err) from None
 
-    def stream(self, open_req: feed_pb2.OpenStream) -> BatchStream:
-        return BatchStream(self, open_req)
+    def stream(self, open_req: feed_pb2.OpenStream, transport: Transport = "auto") -> BatchStream:
+        return BatchStream(self, open_req, transport)
 
 
 _DONE = object()
@@ -108,24 +121,40 @@ _DONE = object()
 class BatchStream:
     """One session: the header, then record batches with their metadata.
 
-    The request side of the bidirectional stream is fed from a queue, so the
-    client can later send acknowledgements without blocking the reader.
+    The request side of the bidirectional stream is fed from a queue, so that
+    later requests never block the reader.
+
+    Over shared memory (``transport`` ``"auto"`` when the daemon offers it,
+    or ``"shm"``) each batch is a zero-copy view of a slot in the session's
+    ring, acknowledged when the last view of it is released; a batch that did
+    not fit the ring arrives inline. ``"auto"`` falls back to gRPC when the
+    ring cannot be received; ``"shm"`` raises instead.
     """
 
-    def __init__(self, client: Client, open_req: feed_pb2.OpenStream) -> None:
+    def __init__(self, client: Client, open_req: feed_pb2.OpenStream, transport: Transport = "auto") -> None:
         self._client = client
-        self._requests: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._requests.put(feed_pb2.StreamRequest(open=open_req))
-        try:
-            self._call = client._api().Stream(self._request_iter())
-            first = next(self._call)
-        except grpc.RpcError as err:
-            self.close()
-            raise client._error(err) from None
-        if not first.HasField("header"):
-            self.close()
-            raise LoaderError("daemon did not start the stream with a header")
-        h = first.header
+        self._ring: _shm.Ring | None = None
+        open_req.transport = _TRANSPORT_PROTO[transport]
+        h = self._start(open_req)
+        if h.transport == feed_pb2.TRANSPORT_SHM:
+            path = os.path.join(os.path.dirname(client.socket), os.path.basename(h.shm.socket_name))
+            try:
+                fd, acks = _shm.claim(path, h.session_id, h.shm.token)
+                try:
+                    self._ring = _shm.Ring(fd, acks)
+                except BaseException:
+                    acks.close()
+                    raise
+                finally:
+                    os.close(fd)
+            except (OSError, LoaderError) as err:
+                self.close()
+                if transport == "shm":
+                    raise LoaderError(f"shared-memory transport: no ring from {path}: {err}") from None
+                _log.warning("loaderd: shared memory unavailable (%s); batches come over gRPC", err)
+                open_req.transport = feed_pb2.TRANSPORT_GRPC
+                h = self._start(open_req)
+        self.transport: Transport = "shm" if self._ring is not None else "grpc"
         self.header = StreamHeader(
             session_id=h.session_id,
             schema=pa.ipc.read_schema(pa.py_buffer(h.arrow_schema)),
@@ -135,9 +164,26 @@ class BatchStream:
             plan_fingerprint=h.plan_fingerprint,
         )
 
-    def _request_iter(self) -> Iterator[feed_pb2.StreamRequest]:
+    def _start(self, open_req: feed_pb2.OpenStream) -> feed_pb2.StreamHeader:
+        """Open the session and return its header."""
+        self._requests: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._requests.put(feed_pb2.StreamRequest(open=open_req))
+        try:
+            self._call = self._client._api().Stream(self._request_iter(self._requests))
+            first = next(self._call)
+        except grpc.RpcError as err:
+            self.close()
+            raise self._client._error(err) from None
+        if not first.HasField("header"):
+            self.close()
+            raise LoaderError("daemon did not start the stream with a header")
+        header: feed_pb2.StreamHeader = first.header
+        return header
+
+    @staticmethod
+    def _request_iter(requests: queue.SimpleQueue[object]) -> Iterator[feed_pb2.StreamRequest]:
         while True:
-            item = self._requests.get()
+            item = requests.get()
             if item is _DONE:
                 return
             assert isinstance(item, feed_pb2.StreamRequest)
@@ -145,18 +191,35 @@ class BatchStream:
 
     def __iter__(self) -> Iterator[tuple[pa.RecordBatch, BatchMeta]]:
         schema = self.header.schema
+        ring = self._ring
         try:
             for resp in self._call:
                 b = resp.batch
-                rb = pa.ipc.read_record_batch(pa.py_buffer(b.arrow_ipc), schema)
-                yield rb, BatchMeta(b.seq, b.first_sample, b.next_sample, b.padding_rows)
+                if b.HasField("shm"):
+                    if ring is None:
+                        raise LoaderError("daemon sent a shared-memory batch on a stream without a ring")
+                    buf = ring.slot(b.shm.offset, b.shm.length, functools.partial(ring.ack, b.seq))
+                else:
+                    buf = pa.py_buffer(b.arrow_ipc)
+                rb = pa.ipc.read_record_batch(buf, schema)
+                meta = BatchMeta(b.seq, b.first_sample, b.next_sample, b.padding_rows)
+                # Hold nothing of this batch while waiting for the next: the
+                # caller's references alone decide when its slot is freed.
+                del resp, b, buf
+                yield rb, meta
+                del rb
         except grpc.RpcError as err:
             raise self._client._error(err) from None
         finally:
             self.close()
 
     def close(self) -> None:
-        self._requests.put(_DONE)
+        ring = getattr(self, "_ring", None)
+        if ring is not None:
+            ring.close()
+        requests = getattr(self, "_requests", None)
+        if requests is not None:
+            requests.put(_DONE)
         call = getattr(self, "_call", None)
         if call is not None:
             call.cancel()

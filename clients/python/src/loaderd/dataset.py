@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from loaderd._client import Client
+from loaderd._client import TRANSPORTS, Client, Transport
 from loaderd._formats import BATCH_FORMATS, format_batch
 from loaderd._proto import feed_pb2
 from loaderd.errors import InvalidArgumentError
@@ -112,10 +112,11 @@ class Dataset:
         epoch: int = 0,
         batch_format: str = "numpy",
         drop_last: bool = False,
+        transport: Transport = "auto",
     ) -> Iterator[Any]:
         """Every row of the dataset, in batches (the shard of rank 0 of 1)."""
         return self.shard(0, 1, "exact").iter_batches(
-            batch_size, epoch=epoch, batch_format=batch_format, drop_last=drop_last
+            batch_size, epoch=epoch, batch_format=batch_format, drop_last=drop_last, transport=transport
         )
 
 
@@ -182,6 +183,7 @@ class Shard:
         batch_format: str = "numpy",
         drop_last: bool = False,
         padding_column: str | None = None,
+        transport: Transport = "auto",
     ) -> Iterator[Any]:
         """This rank's batches of one epoch.
 
@@ -189,6 +191,16 @@ class Shard:
         ``"pyarrow"`` (``pyarrow.Table``) or ``"pandas"`` (DataFrame).
         In ``even`` mode the last rows of an epoch may repeat earlier samples;
         ``padding_column="name"`` adds a boolean column that marks them.
+
+        ``transport``: ``"auto"`` takes shared memory when the daemon offers
+        it (it does on the same host) and falls back to gRPC; ``"shm"``
+        insists on it; ``"grpc"`` copies every batch through the socket.
+        Over shared memory, numpy and pyarrow batches are read-only views of
+        the daemon's ring, and a batch's slot is reused only once the batch
+        (every array of it) is released. Keep fewer batches than the ring
+        holds (``loaderd serve --shm-ring-bytes``; about 8 batches) to stay
+        on the fast path: past that the daemon waits, then sends the next
+        batches over gRPC until you release one.
         """
         if batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be positive, got {batch_size}")
@@ -196,16 +208,25 @@ class Shard:
             raise InvalidArgumentError(f"epoch must not be negative, got {epoch}")
         if batch_format not in BATCH_FORMATS:
             raise InvalidArgumentError(f"batch_format must be one of {BATCH_FORMATS}, got {batch_format!r}")
-        return self._iter(self._open(epoch, batch_size, drop_last), batch_format, padding_column)
+        if transport not in TRANSPORTS:
+            raise InvalidArgumentError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+        return self._iter(self._open(epoch, batch_size, drop_last), batch_format, padding_column, transport)
 
-    def _iter(self, req: feed_pb2.OpenStream, batch_format: str, padding_column: str | None) -> Iterator[Any]:
-        stream = self.dataset._client.stream(req)
+    def _iter(
+        self, req: feed_pb2.OpenStream, batch_format: str, padding_column: str | None, transport: Transport
+    ) -> Iterator[Any]:
+        stream = self.dataset._client.stream(req, transport)
         for rb, meta in stream:
             if padding_column is not None:
                 n = rb.num_rows
                 mask = np.arange(n) >= n - meta.padding_rows
                 rb = rb.append_column(padding_column, pa.array(mask))
-            yield format_batch(rb, batch_format)
+            out = format_batch(rb, batch_format)
+            # Keep no reference while suspended: the caller's decide when a
+            # shared-memory slot is released.
+            del rb
+            yield out
+            del out
 
 
 def read_parquet(

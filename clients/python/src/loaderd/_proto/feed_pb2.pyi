@@ -80,6 +80,11 @@ class _TransportEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Transport.V
     """The daemon chooses."""
     TRANSPORT_GRPC: _Transport.ValueType  # 1
     """Batches travel inside gRPC messages."""
+    TRANSPORT_SHM: _Transport.ValueType  # 2
+    """Batches are written into a shared-memory ring (a sealed memfd the client
+    maps read-only); messages carry only where each one lies. A batch that
+    does not fit travels inline instead.
+    """
 
 class Transport(_Transport, metaclass=_TransportEnumTypeWrapper): ...
 
@@ -87,6 +92,11 @@ TRANSPORT_UNSPECIFIED: Transport.ValueType  # 0
 """The daemon chooses."""
 TRANSPORT_GRPC: Transport.ValueType  # 1
 """Batches travel inside gRPC messages."""
+TRANSPORT_SHM: Transport.ValueType  # 2
+"""Batches are written into a shared-memory ring (a sealed memfd the client
+maps read-only); messages carry only where each one lies. A batch that
+does not fit travels inline instead.
+"""
 Global___Transport: _TypeAlias = Transport  # noqa: Y015
 
 @_typing.final
@@ -366,6 +376,7 @@ class StreamHeader(_message.Message):
     PADDING_SAMPLES_FIELD_NUMBER: _builtins.int
     TRANSPORT_FIELD_NUMBER: _builtins.int
     PLAN_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    SHM_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     arrow_schema: _builtins.bytes
     """Arrow IPC schema message of every batch in the stream."""
@@ -379,6 +390,10 @@ class StreamHeader(_message.Message):
     """Identifies the epoch's global plan (files, block order, world size, mode,
     shuffle, epoch): equal on every node that serves the same plan.
     """
+    @_builtins.property
+    def shm(self) -> Global___ShmRing:
+        """Set when transport is TRANSPORT_SHM: how to receive the session's ring."""
+
     def __init__(
         self,
         *,
@@ -389,14 +404,55 @@ class StreamHeader(_message.Message):
         padding_samples: _builtins.int = ...,
         transport: Global___Transport.ValueType = ...,
         plan_fingerprint: _builtins.str = ...,
+        shm: Global___ShmRing | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shm", b"shm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_schema", b"arrow_schema", "num_samples", b"num_samples", "padding_samples", b"padding_samples", "plan_fingerprint", b"plan_fingerprint", "session_id", b"session_id", "start_sample", b"start_sample", "transport", b"transport"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_schema", b"arrow_schema", "num_samples", b"num_samples", "padding_samples", b"padding_samples", "plan_fingerprint", b"plan_fingerprint", "session_id", b"session_id", "shm", b"shm", "start_sample", b"start_sample", "transport", b"transport"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamHeader: _TypeAlias = StreamHeader  # noqa: Y015
+
+@_typing.final
+class ShmRing(_message.Message):
+    """ShmRing is a session's shared-memory ring, offered to the client. The
+    client claims its descriptor once over the hand-off socket: it sends
+    "claim <session_id> <token in hex>\\n" and receives "ok <bytes>\\n" with the
+    memfd attached (SCM_RIGHTS), or "error <reason>\\n". Only the process that
+    owns the stream's connection (same pid and uid) is given the ring. The
+    ring's first page is a versioned header describing its layout. After "ok"
+    the connection stays open for acknowledgements: the client writes the seq
+    of each batch it releases as 8 bytes, little-endian (an Ack on the stream
+    does the same, at a higher cost per batch); the daemon closes it when the
+    session ends.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOCKET_NAME_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    socket_name: _builtins.str
+    """File name of the hand-off socket, in the directory of the main socket."""
+    token: _builtins.bytes
+    """One-time claim token."""
+    size: _builtins.int
+    """Size of the memfd in bytes."""
+    def __init__(
+        self,
+        *,
+        socket_name: _builtins.str = ...,
+        token: _builtins.bytes = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["size", b"size", "socket_name", b"socket_name", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShmRing: _TypeAlias = ShmRing  # noqa: Y015
 
 @_typing.final
 class Batch(_message.Message):
@@ -408,6 +464,7 @@ class Batch(_message.Message):
     PADDING_ROWS_FIELD_NUMBER: _builtins.int
     ARROW_IPC_FIELD_NUMBER: _builtins.int
     NEXT_SAMPLE_FIELD_NUMBER: _builtins.int
+    SHM_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     first_sample: _builtins.int
     """Index of the batch's first sample within this rank's epoch."""
@@ -420,6 +477,13 @@ class Batch(_message.Message):
     """The sample to resume at after this batch: first_sample + num_rows, or
     further when rows of bad input were skipped.
     """
+    @_builtins.property
+    def shm(self) -> Global___ShmSlot:
+        """Set instead of arrow_ipc when the batch lies in the session's shared
+        memory ring; the client acknowledges seq when it releases the batch, and
+        the slot is not written again before that.
+        """
+
     def __init__(
         self,
         *,
@@ -429,14 +493,44 @@ class Batch(_message.Message):
         padding_rows: _builtins.int = ...,
         arrow_ipc: _builtins.bytes = ...,
         next_sample: _builtins.int = ...,
+        shm: Global___ShmSlot | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shm", b"shm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_ipc", b"arrow_ipc", "first_sample", b"first_sample", "next_sample", b"next_sample", "num_rows", b"num_rows", "padding_rows", b"padding_rows", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_ipc", b"arrow_ipc", "first_sample", b"first_sample", "next_sample", b"next_sample", "num_rows", b"num_rows", "padding_rows", b"padding_rows", "seq", b"seq", "shm", b"shm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Batch: _TypeAlias = Batch  # noqa: Y015
+
+@_typing.final
+class ShmSlot(_message.Message):
+    """ShmSlot is where a batch's Arrow IPC record-batch message lies in the ring."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SLOT_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    slot: _builtins.int
+    """Index of the slot, below the ring's slot count."""
+    offset: _builtins.int
+    """From the start of the memfd."""
+    length: _builtins.int
+    def __init__(
+        self,
+        *,
+        slot: _builtins.int = ...,
+        offset: _builtins.int = ...,
+        length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "offset", b"offset", "slot", b"slot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShmSlot: _TypeAlias = ShmSlot  # noqa: Y015
 
 @_typing.final
 class StatusRequest(_message.Message):
@@ -698,6 +792,12 @@ class SessionStatus(_message.Message):
     AGE_SECONDS_FIELD_NUMBER: _builtins.int
     QUEUE_CAPACITY_FIELD_NUMBER: _builtins.int
     PREPARED_FIELD_NUMBER: _builtins.int
+    TRANSPORT_FIELD_NUMBER: _builtins.int
+    SHM_RING_BYTES_FIELD_NUMBER: _builtins.int
+    SHM_BYTES_HELD_FIELD_NUMBER: _builtins.int
+    SHM_SLOTS_HELD_FIELD_NUMBER: _builtins.int
+    SHM_INLINE_BATCHES_FIELD_NUMBER: _builtins.int
+    SHM_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     job: _builtins.str
     rank: _builtins.int
@@ -718,6 +818,16 @@ class SessionStatus(_message.Message):
     """The most ready batches that may wait."""
     prepared: _builtins.bool
     """The session's epoch was prepared before it asked (look-ahead)."""
+    transport: Global___Transport.ValueType
+    shm_ring_bytes: _builtins.int
+    """Shared-memory ring: its data bytes, what the client holds of it, batches
+    that went inline (small ones, and those that did not fit), and the time
+    the session waited for the client to release slots (back-pressure).
+    """
+    shm_bytes_held: _builtins.int
+    shm_slots_held: _builtins.int
+    shm_inline_batches: _builtins.int
+    shm_wait_seconds: _builtins.float
     def __init__(
         self,
         *,
@@ -735,10 +845,16 @@ class SessionStatus(_message.Message):
         age_seconds: _builtins.float = ...,
         queue_capacity: _builtins.int = ...,
         prepared: _builtins.bool = ...,
+        transport: Global___Transport.ValueType = ...,
+        shm_ring_bytes: _builtins.int = ...,
+        shm_bytes_held: _builtins.int = ...,
+        shm_slots_held: _builtins.int = ...,
+        shm_inline_batches: _builtins.int = ...,
+        shm_wait_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_seconds", b"age_seconds", "batches_per_second", b"batches_per_second", "batches_sent", b"batches_sent", "bytes_sent", b"bytes_sent", "epoch", b"epoch", "job", b"job", "prepared", b"prepared", "queue_capacity", b"queue_capacity", "queue_depth", b"queue_depth", "rank", b"rank", "rows_sent", b"rows_sent", "session_id", b"session_id", "stall_seconds", b"stall_seconds", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_seconds", b"age_seconds", "batches_per_second", b"batches_per_second", "batches_sent", b"batches_sent", "bytes_sent", b"bytes_sent", "epoch", b"epoch", "job", b"job", "prepared", b"prepared", "queue_capacity", b"queue_capacity", "queue_depth", b"queue_depth", "rank", b"rank", "rows_sent", b"rows_sent", "session_id", b"session_id", "shm_bytes_held", b"shm_bytes_held", "shm_inline_batches", b"shm_inline_batches", "shm_ring_bytes", b"shm_ring_bytes", "shm_slots_held", b"shm_slots_held", "shm_wait_seconds", b"shm_wait_seconds", "stall_seconds", b"stall_seconds", "transport", b"transport", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

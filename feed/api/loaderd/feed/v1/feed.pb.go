@@ -138,6 +138,10 @@ const (
 	Transport_TRANSPORT_UNSPECIFIED Transport = 0
 	// Batches travel inside gRPC messages.
 	Transport_TRANSPORT_GRPC Transport = 1
+	// Batches are written into a shared-memory ring (a sealed memfd the client
+	// maps read-only); messages carry only where each one lies. A batch that
+	// does not fit travels inline instead.
+	Transport_TRANSPORT_SHM Transport = 2
 )
 
 // Enum value maps for Transport.
@@ -145,10 +149,12 @@ var (
 	Transport_name = map[int32]string{
 		0: "TRANSPORT_UNSPECIFIED",
 		1: "TRANSPORT_GRPC",
+		2: "TRANSPORT_SHM",
 	}
 	Transport_value = map[string]int32{
 		"TRANSPORT_UNSPECIFIED": 0,
 		"TRANSPORT_GRPC":        1,
+		"TRANSPORT_SHM":         2,
 	}
 )
 
@@ -784,8 +790,10 @@ type StreamHeader struct {
 	// Identifies the epoch's global plan (files, block order, world size, mode,
 	// shuffle, epoch): equal on every node that serves the same plan.
 	PlanFingerprint string `protobuf:"bytes,40,opt,name=plan_fingerprint,json=planFingerprint,proto3" json:"plan_fingerprint,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Set when transport is TRANSPORT_SHM: how to receive the session's ring.
+	Shm           *ShmRing `protobuf:"bytes,20,opt,name=shm,proto3" json:"shm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StreamHeader) Reset() {
@@ -867,6 +875,86 @@ func (x *StreamHeader) GetPlanFingerprint() string {
 	return ""
 }
 
+func (x *StreamHeader) GetShm() *ShmRing {
+	if x != nil {
+		return x.Shm
+	}
+	return nil
+}
+
+// ShmRing is a session's shared-memory ring, offered to the client. The
+// client claims its descriptor once over the hand-off socket: it sends
+// "claim <session_id> <token in hex>\n" and receives "ok <bytes>\n" with the
+// memfd attached (SCM_RIGHTS), or "error <reason>\n". Only the process that
+// owns the stream's connection (same pid and uid) is given the ring. The
+// ring's first page is a versioned header describing its layout. After "ok"
+// the connection stays open for acknowledgements: the client writes the seq
+// of each batch it releases as 8 bytes, little-endian (an Ack on the stream
+// does the same, at a higher cost per batch); the daemon closes it when the
+// session ends.
+type ShmRing struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// File name of the hand-off socket, in the directory of the main socket.
+	SocketName string `protobuf:"bytes,1,opt,name=socket_name,json=socketName,proto3" json:"socket_name,omitempty"`
+	// One-time claim token.
+	Token []byte `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// Size of the memfd in bytes.
+	Size          int64 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShmRing) Reset() {
+	*x = ShmRing{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShmRing) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShmRing) ProtoMessage() {}
+
+func (x *ShmRing) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShmRing.ProtoReflect.Descriptor instead.
+func (*ShmRing) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ShmRing) GetSocketName() string {
+	if x != nil {
+		return x.SocketName
+	}
+	return ""
+}
+
+func (x *ShmRing) GetToken() []byte {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *ShmRing) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
 type Batch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Seq   int64                  `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
@@ -879,14 +967,18 @@ type Batch struct {
 	ArrowIpc []byte `protobuf:"bytes,5,opt,name=arrow_ipc,json=arrowIpc,proto3" json:"arrow_ipc,omitempty"`
 	// The sample to resume at after this batch: first_sample + num_rows, or
 	// further when rows of bad input were skipped.
-	NextSample    int64 `protobuf:"varint,6,opt,name=next_sample,json=nextSample,proto3" json:"next_sample,omitempty"`
+	NextSample int64 `protobuf:"varint,6,opt,name=next_sample,json=nextSample,proto3" json:"next_sample,omitempty"`
+	// Set instead of arrow_ipc when the batch lies in the session's shared
+	// memory ring; the client acknowledges seq when it releases the batch, and
+	// the slot is not written again before that.
+	Shm           *ShmSlot `protobuf:"bytes,20,opt,name=shm,proto3" json:"shm,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[9]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +990,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[9]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +1003,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{9}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Batch) GetSeq() int64 {
@@ -956,6 +1048,76 @@ func (x *Batch) GetNextSample() int64 {
 	return 0
 }
 
+func (x *Batch) GetShm() *ShmSlot {
+	if x != nil {
+		return x.Shm
+	}
+	return nil
+}
+
+// ShmSlot is where a batch's Arrow IPC record-batch message lies in the ring.
+type ShmSlot struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Index of the slot, below the ring's slot count.
+	Slot uint32 `protobuf:"varint,1,opt,name=slot,proto3" json:"slot,omitempty"`
+	// From the start of the memfd.
+	Offset        int64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	Length        int64 `protobuf:"varint,3,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShmSlot) Reset() {
+	*x = ShmSlot{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShmSlot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShmSlot) ProtoMessage() {}
+
+func (x *ShmSlot) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShmSlot.ProtoReflect.Descriptor instead.
+func (*ShmSlot) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ShmSlot) GetSlot() uint32 {
+	if x != nil {
+		return x.Slot
+	}
+	return 0
+}
+
+func (x *ShmSlot) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ShmSlot) GetLength() int64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -964,7 +1126,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[10]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1138,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[10]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1151,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{10}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{12}
 }
 
 type StatusResponse struct {
@@ -1010,7 +1172,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[11]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1022,7 +1184,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[11]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1035,7 +1197,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{11}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -1109,7 +1271,7 @@ type CacheStatus struct {
 
 func (x *CacheStatus) Reset() {
 	*x = CacheStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1121,7 +1283,7 @@ func (x *CacheStatus) String() string {
 func (*CacheStatus) ProtoMessage() {}
 
 func (x *CacheStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1134,7 +1296,7 @@ func (x *CacheStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheStatus.ProtoReflect.Descriptor instead.
 func (*CacheStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{12}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CacheStatus) GetBudgetBytes() int64 {
@@ -1228,7 +1390,7 @@ type MemoryStatus struct {
 
 func (x *MemoryStatus) Reset() {
 	*x = MemoryStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1240,7 +1402,7 @@ func (x *MemoryStatus) String() string {
 func (*MemoryStatus) ProtoMessage() {}
 
 func (x *MemoryStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1253,7 +1415,7 @@ func (x *MemoryStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStatus.ProtoReflect.Descriptor instead.
 func (*MemoryStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{13}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MemoryStatus) GetBudgetBytes() int64 {
@@ -1336,7 +1498,7 @@ type LookaheadStatus struct {
 
 func (x *LookaheadStatus) Reset() {
 	*x = LookaheadStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1348,7 +1510,7 @@ func (x *LookaheadStatus) String() string {
 func (*LookaheadStatus) ProtoMessage() {}
 
 func (x *LookaheadStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1361,7 +1523,7 @@ func (x *LookaheadStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookaheadStatus.ProtoReflect.Descriptor instead.
 func (*LookaheadStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{14}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LookaheadStatus) GetWaiting() int32 {
@@ -1414,7 +1576,7 @@ type PlanStatus struct {
 
 func (x *PlanStatus) Reset() {
 	*x = PlanStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1426,7 +1588,7 @@ func (x *PlanStatus) String() string {
 func (*PlanStatus) ProtoMessage() {}
 
 func (x *PlanStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1439,7 +1601,7 @@ func (x *PlanStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanStatus.ProtoReflect.Descriptor instead.
 func (*PlanStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{15}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PlanStatus) GetJob() string {
@@ -1497,14 +1659,23 @@ type SessionStatus struct {
 	// The most ready batches that may wait.
 	QueueCapacity int32 `protobuf:"varint,22,opt,name=queue_capacity,json=queueCapacity,proto3" json:"queue_capacity,omitempty"`
 	// The session's epoch was prepared before it asked (look-ahead).
-	Prepared      bool `protobuf:"varint,23,opt,name=prepared,proto3" json:"prepared,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Prepared  bool      `protobuf:"varint,23,opt,name=prepared,proto3" json:"prepared,omitempty"`
+	Transport Transport `protobuf:"varint,50,opt,name=transport,proto3,enum=loaderd.feed.v1.Transport" json:"transport,omitempty"`
+	// Shared-memory ring: its data bytes, what the client holds of it, batches
+	// that went inline (small ones, and those that did not fit), and the time
+	// the session waited for the client to release slots (back-pressure).
+	ShmRingBytes     int64   `protobuf:"varint,51,opt,name=shm_ring_bytes,json=shmRingBytes,proto3" json:"shm_ring_bytes,omitempty"`
+	ShmBytesHeld     int64   `protobuf:"varint,52,opt,name=shm_bytes_held,json=shmBytesHeld,proto3" json:"shm_bytes_held,omitempty"`
+	ShmSlotsHeld     int32   `protobuf:"varint,53,opt,name=shm_slots_held,json=shmSlotsHeld,proto3" json:"shm_slots_held,omitempty"`
+	ShmInlineBatches int64   `protobuf:"varint,54,opt,name=shm_inline_batches,json=shmInlineBatches,proto3" json:"shm_inline_batches,omitempty"`
+	ShmWaitSeconds   float64 `protobuf:"fixed64,55,opt,name=shm_wait_seconds,json=shmWaitSeconds,proto3" json:"shm_wait_seconds,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *SessionStatus) Reset() {
 	*x = SessionStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1516,7 +1687,7 @@ func (x *SessionStatus) String() string {
 func (*SessionStatus) ProtoMessage() {}
 
 func (x *SessionStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1529,7 +1700,7 @@ func (x *SessionStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionStatus.ProtoReflect.Descriptor instead.
 func (*SessionStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{16}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SessionStatus) GetSessionId() string {
@@ -1630,6 +1801,48 @@ func (x *SessionStatus) GetPrepared() bool {
 	return false
 }
 
+func (x *SessionStatus) GetTransport() Transport {
+	if x != nil {
+		return x.Transport
+	}
+	return Transport_TRANSPORT_UNSPECIFIED
+}
+
+func (x *SessionStatus) GetShmRingBytes() int64 {
+	if x != nil {
+		return x.ShmRingBytes
+	}
+	return 0
+}
+
+func (x *SessionStatus) GetShmBytesHeld() int64 {
+	if x != nil {
+		return x.ShmBytesHeld
+	}
+	return 0
+}
+
+func (x *SessionStatus) GetShmSlotsHeld() int32 {
+	if x != nil {
+		return x.ShmSlotsHeld
+	}
+	return 0
+}
+
+func (x *SessionStatus) GetShmInlineBatches() int64 {
+	if x != nil {
+		return x.ShmInlineBatches
+	}
+	return 0
+}
+
+func (x *SessionStatus) GetShmWaitSeconds() float64 {
+	if x != nil {
+		return x.ShmWaitSeconds
+	}
+	return 0
+}
+
 type VersionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1638,7 +1851,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1650,7 +1863,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1663,7 +1876,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{17}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{19}
 }
 
 type VersionResponse struct {
@@ -1677,7 +1890,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[18]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1689,7 +1902,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[18]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1702,7 +1915,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{18}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -1737,7 +1950,7 @@ type PlanRequest struct {
 
 func (x *PlanRequest) Reset() {
 	*x = PlanRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[19]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1749,7 +1962,7 @@ func (x *PlanRequest) String() string {
 func (*PlanRequest) ProtoMessage() {}
 
 func (x *PlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[19]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1762,7 +1975,7 @@ func (x *PlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanRequest.ProtoReflect.Descriptor instead.
 func (*PlanRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{19}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PlanRequest) GetOpen() *OpenStream {
@@ -1786,7 +1999,7 @@ type PlanResponse struct {
 
 func (x *PlanResponse) Reset() {
 	*x = PlanResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[20]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +2011,7 @@ func (x *PlanResponse) String() string {
 func (*PlanResponse) ProtoMessage() {}
 
 func (x *PlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[20]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +2024,7 @@ func (x *PlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanResponse.ProtoReflect.Descriptor instead.
 func (*PlanResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{20}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PlanResponse) GetPlanFingerprint() string {
@@ -1894,7 +2107,7 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\x0eStreamResponse\x127\n" +
 	"\x06header\x18\x01 \x01(\v2\x1d.loaderd.feed.v1.StreamHeaderH\x00R\x06header\x12.\n" +
 	"\x05batch\x18\x02 \x01(\v2\x16.loaderd.feed.v1.BatchH\x00R\x05batchB\x06\n" +
-	"\x04kind\"\xa2\x02\n" +
+	"\x04kind\"\xce\x02\n" +
 	"\fStreamHeader\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12!\n" +
@@ -1904,7 +2117,13 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\fstart_sample\x18\x04 \x01(\x03R\vstartSample\x12'\n" +
 	"\x0fpadding_samples\x18\x05 \x01(\x03R\x0epaddingSamples\x128\n" +
 	"\ttransport\x18\x06 \x01(\x0e2\x1a.loaderd.feed.v1.TransportR\ttransport\x12)\n" +
-	"\x10plan_fingerprint\x18( \x01(\tR\x0fplanFingerprint\"\xb8\x01\n" +
+	"\x10plan_fingerprint\x18( \x01(\tR\x0fplanFingerprint\x12*\n" +
+	"\x03shm\x18\x14 \x01(\v2\x18.loaderd.feed.v1.ShmRingR\x03shm\"T\n" +
+	"\aShmRing\x12\x1f\n" +
+	"\vsocket_name\x18\x01 \x01(\tR\n" +
+	"socketName\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\fR\x05token\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x03R\x04size\"\xe4\x01\n" +
 	"\x05Batch\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12!\n" +
 	"\ffirst_sample\x18\x02 \x01(\x03R\vfirstSample\x12\x19\n" +
@@ -1912,7 +2131,12 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\fpadding_rows\x18\x04 \x01(\x03R\vpaddingRows\x12\x1b\n" +
 	"\tarrow_ipc\x18\x05 \x01(\fR\barrowIpc\x12\x1f\n" +
 	"\vnext_sample\x18\x06 \x01(\x03R\n" +
-	"nextSample\"\x0f\n" +
+	"nextSample\x12*\n" +
+	"\x03shm\x18\x14 \x01(\v2\x18.loaderd.feed.v1.ShmSlotR\x03shm\"M\n" +
+	"\aShmSlot\x12\x12\n" +
+	"\x04slot\x18\x01 \x01(\rR\x04slot\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x16\n" +
+	"\x06length\x18\x03 \x01(\x03R\x06length\"\x0f\n" +
 	"\rStatusRequest\"\xeb\x02\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
@@ -1959,7 +2183,7 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\n" +
 	"world_size\x18\x03 \x01(\x05R\tworldSize\x12)\n" +
 	"\x10plan_fingerprint\x18\x04 \x01(\tR\x0fplanFingerprint\x12\x14\n" +
-	"\x05ranks\x18\x05 \x03(\x05R\x05ranks\"\xc0\x03\n" +
+	"\x05ranks\x18\x05 \x03(\x05R\x05ranks\"\xc4\x05\n" +
 	"\rSessionStatus\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x10\n" +
@@ -1980,7 +2204,13 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\vage_seconds\x18\x15 \x01(\x01R\n" +
 	"ageSeconds\x12%\n" +
 	"\x0equeue_capacity\x18\x16 \x01(\x05R\rqueueCapacity\x12\x1a\n" +
-	"\bprepared\x18\x17 \x01(\bR\bprepared\"\x10\n" +
+	"\bprepared\x18\x17 \x01(\bR\bprepared\x128\n" +
+	"\ttransport\x182 \x01(\x0e2\x1a.loaderd.feed.v1.TransportR\ttransport\x12$\n" +
+	"\x0eshm_ring_bytes\x183 \x01(\x03R\fshmRingBytes\x12$\n" +
+	"\x0eshm_bytes_held\x184 \x01(\x03R\fshmBytesHeld\x12$\n" +
+	"\x0eshm_slots_held\x185 \x01(\x05R\fshmSlotsHeld\x12,\n" +
+	"\x12shm_inline_batches\x186 \x01(\x03R\x10shmInlineBatches\x12(\n" +
+	"\x10shm_wait_seconds\x187 \x01(\x01R\x0eshmWaitSeconds\"\x10\n" +
 	"\x0eVersionRequest\"b\n" +
 	"\x0fVersionResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1d\n" +
@@ -2002,10 +2232,11 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\tShardMode\x12\x1a\n" +
 	"\x16SHARD_MODE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fSHARD_MODE_EVEN\x10\x01\x12\x14\n" +
-	"\x10SHARD_MODE_EXACT\x10\x02*:\n" +
+	"\x10SHARD_MODE_EXACT\x10\x02*M\n" +
 	"\tTransport\x12\x19\n" +
 	"\x15TRANSPORT_UNSPECIFIED\x10\x00\x12\x12\n" +
-	"\x0eTRANSPORT_GRPC\x10\x012\x84\x03\n" +
+	"\x0eTRANSPORT_GRPC\x10\x01\x12\x11\n" +
+	"\rTRANSPORT_SHM\x10\x022\x84\x03\n" +
 	"\x04Feed\x12O\n" +
 	"\bDescribe\x12 .loaderd.feed.v1.DescribeRequest\x1a!.loaderd.feed.v1.DescribeResponse\x12M\n" +
 	"\x06Stream\x12\x1e.loaderd.feed.v1.StreamRequest\x1a\x1f.loaderd.feed.v1.StreamResponse(\x010\x01\x12I\n" +
@@ -2026,7 +2257,7 @@ func file_loaderd_feed_v1_feed_proto_rawDescGZIP() []byte {
 }
 
 var file_loaderd_feed_v1_feed_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_loaderd_feed_v1_feed_proto_goTypes = []any{
 	(OnError)(0),             // 0: loaderd.feed.v1.OnError
 	(ShardMode)(0),           // 1: loaderd.feed.v1.ShardMode
@@ -2040,24 +2271,26 @@ var file_loaderd_feed_v1_feed_proto_goTypes = []any{
 	(*Ack)(nil),              // 9: loaderd.feed.v1.Ack
 	(*StreamResponse)(nil),   // 10: loaderd.feed.v1.StreamResponse
 	(*StreamHeader)(nil),     // 11: loaderd.feed.v1.StreamHeader
-	(*Batch)(nil),            // 12: loaderd.feed.v1.Batch
-	(*StatusRequest)(nil),    // 13: loaderd.feed.v1.StatusRequest
-	(*StatusResponse)(nil),   // 14: loaderd.feed.v1.StatusResponse
-	(*CacheStatus)(nil),      // 15: loaderd.feed.v1.CacheStatus
-	(*MemoryStatus)(nil),     // 16: loaderd.feed.v1.MemoryStatus
-	(*LookaheadStatus)(nil),  // 17: loaderd.feed.v1.LookaheadStatus
-	(*PlanStatus)(nil),       // 18: loaderd.feed.v1.PlanStatus
-	(*SessionStatus)(nil),    // 19: loaderd.feed.v1.SessionStatus
-	(*VersionRequest)(nil),   // 20: loaderd.feed.v1.VersionRequest
-	(*VersionResponse)(nil),  // 21: loaderd.feed.v1.VersionResponse
-	(*PlanRequest)(nil),      // 22: loaderd.feed.v1.PlanRequest
-	(*PlanResponse)(nil),     // 23: loaderd.feed.v1.PlanResponse
-	nil,                      // 24: loaderd.feed.v1.DatasetSpec.OptionsEntry
+	(*ShmRing)(nil),          // 12: loaderd.feed.v1.ShmRing
+	(*Batch)(nil),            // 13: loaderd.feed.v1.Batch
+	(*ShmSlot)(nil),          // 14: loaderd.feed.v1.ShmSlot
+	(*StatusRequest)(nil),    // 15: loaderd.feed.v1.StatusRequest
+	(*StatusResponse)(nil),   // 16: loaderd.feed.v1.StatusResponse
+	(*CacheStatus)(nil),      // 17: loaderd.feed.v1.CacheStatus
+	(*MemoryStatus)(nil),     // 18: loaderd.feed.v1.MemoryStatus
+	(*LookaheadStatus)(nil),  // 19: loaderd.feed.v1.LookaheadStatus
+	(*PlanStatus)(nil),       // 20: loaderd.feed.v1.PlanStatus
+	(*SessionStatus)(nil),    // 21: loaderd.feed.v1.SessionStatus
+	(*VersionRequest)(nil),   // 22: loaderd.feed.v1.VersionRequest
+	(*VersionResponse)(nil),  // 23: loaderd.feed.v1.VersionResponse
+	(*PlanRequest)(nil),      // 24: loaderd.feed.v1.PlanRequest
+	(*PlanResponse)(nil),     // 25: loaderd.feed.v1.PlanResponse
+	nil,                      // 26: loaderd.feed.v1.DatasetSpec.OptionsEntry
 }
 var file_loaderd_feed_v1_feed_proto_depIdxs = []int32{
 	4,  // 0: loaderd.feed.v1.DatasetSpec.shuffle:type_name -> loaderd.feed.v1.Shuffle
 	0,  // 1: loaderd.feed.v1.DatasetSpec.on_error:type_name -> loaderd.feed.v1.OnError
-	24, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
+	26, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
 	3,  // 3: loaderd.feed.v1.DescribeRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
 	8,  // 4: loaderd.feed.v1.StreamRequest.open:type_name -> loaderd.feed.v1.OpenStream
 	9,  // 5: loaderd.feed.v1.StreamRequest.ack:type_name -> loaderd.feed.v1.Ack
@@ -2065,29 +2298,32 @@ var file_loaderd_feed_v1_feed_proto_depIdxs = []int32{
 	1,  // 7: loaderd.feed.v1.OpenStream.mode:type_name -> loaderd.feed.v1.ShardMode
 	2,  // 8: loaderd.feed.v1.OpenStream.transport:type_name -> loaderd.feed.v1.Transport
 	11, // 9: loaderd.feed.v1.StreamResponse.header:type_name -> loaderd.feed.v1.StreamHeader
-	12, // 10: loaderd.feed.v1.StreamResponse.batch:type_name -> loaderd.feed.v1.Batch
+	13, // 10: loaderd.feed.v1.StreamResponse.batch:type_name -> loaderd.feed.v1.Batch
 	2,  // 11: loaderd.feed.v1.StreamHeader.transport:type_name -> loaderd.feed.v1.Transport
-	19, // 12: loaderd.feed.v1.StatusResponse.sessions:type_name -> loaderd.feed.v1.SessionStatus
-	15, // 13: loaderd.feed.v1.StatusResponse.cache:type_name -> loaderd.feed.v1.CacheStatus
-	16, // 14: loaderd.feed.v1.StatusResponse.memory:type_name -> loaderd.feed.v1.MemoryStatus
-	17, // 15: loaderd.feed.v1.StatusResponse.lookahead:type_name -> loaderd.feed.v1.LookaheadStatus
-	18, // 16: loaderd.feed.v1.StatusResponse.plans:type_name -> loaderd.feed.v1.PlanStatus
-	8,  // 17: loaderd.feed.v1.PlanRequest.open:type_name -> loaderd.feed.v1.OpenStream
-	5,  // 18: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
-	7,  // 19: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
-	13, // 20: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
-	20, // 21: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
-	22, // 22: loaderd.feed.v1.Feed.Plan:input_type -> loaderd.feed.v1.PlanRequest
-	6,  // 23: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
-	10, // 24: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
-	14, // 25: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
-	21, // 26: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
-	23, // 27: loaderd.feed.v1.Feed.Plan:output_type -> loaderd.feed.v1.PlanResponse
-	23, // [23:28] is the sub-list for method output_type
-	18, // [18:23] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	12, // 12: loaderd.feed.v1.StreamHeader.shm:type_name -> loaderd.feed.v1.ShmRing
+	14, // 13: loaderd.feed.v1.Batch.shm:type_name -> loaderd.feed.v1.ShmSlot
+	21, // 14: loaderd.feed.v1.StatusResponse.sessions:type_name -> loaderd.feed.v1.SessionStatus
+	17, // 15: loaderd.feed.v1.StatusResponse.cache:type_name -> loaderd.feed.v1.CacheStatus
+	18, // 16: loaderd.feed.v1.StatusResponse.memory:type_name -> loaderd.feed.v1.MemoryStatus
+	19, // 17: loaderd.feed.v1.StatusResponse.lookahead:type_name -> loaderd.feed.v1.LookaheadStatus
+	20, // 18: loaderd.feed.v1.StatusResponse.plans:type_name -> loaderd.feed.v1.PlanStatus
+	2,  // 19: loaderd.feed.v1.SessionStatus.transport:type_name -> loaderd.feed.v1.Transport
+	8,  // 20: loaderd.feed.v1.PlanRequest.open:type_name -> loaderd.feed.v1.OpenStream
+	5,  // 21: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
+	7,  // 22: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
+	15, // 23: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
+	22, // 24: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
+	24, // 25: loaderd.feed.v1.Feed.Plan:input_type -> loaderd.feed.v1.PlanRequest
+	6,  // 26: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
+	10, // 27: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
+	16, // 28: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
+	23, // 29: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
+	25, // 30: loaderd.feed.v1.Feed.Plan:output_type -> loaderd.feed.v1.PlanResponse
+	26, // [26:31] is the sub-list for method output_type
+	21, // [21:26] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_loaderd_feed_v1_feed_proto_init() }
@@ -2109,7 +2345,7 @@ func file_loaderd_feed_v1_feed_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loaderd_feed_v1_feed_proto_rawDesc), len(file_loaderd_feed_v1_feed_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
