@@ -94,6 +94,7 @@ type ClientBatch struct {
 	Record            arrow.RecordBatch
 	Seq, First, Next  int64
 	Padding, IPCBytes int64
+	Skipped           int64 // samples left out: their image did not decode
 }
 
 // Stream opens a session and returns its reader; Close it when done.
@@ -189,7 +190,7 @@ func (r *BatchReader) Next() (*ClientBatch, error) {
 		return nil, err
 	}
 	return &ClientBatch{Record: rec, Seq: b.GetSeq(), First: b.GetFirstSample(), Next: b.GetNextSample(),
-		Padding: b.GetPaddingRows(), IPCBytes: int64(len(b.GetArrowIpc()))}, nil
+		Padding: b.GetPaddingRows(), IPCBytes: int64(len(b.GetArrowIpc())), Skipped: b.GetSkippedSamples()}, nil
 }
 
 // Close ends the session.

@@ -15,6 +15,7 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/validator"
+	"github.com/loaderd/loaderd/decode"
 	feedv1 "github.com/loaderd/loaderd/feed/api/loaderd/feed/v1"
 	"github.com/loaderd/loaderd/prefetch"
 	"github.com/loaderd/loaderd/shard"
@@ -100,6 +101,8 @@ type Deps struct {
 	Store   shard.Store
 	Formats shard.Formats
 	Pool    *prefetch.Pool
+	// Decoder decodes images for specs that ask for it (default: the CPU).
+	Decoder decode.Decoder
 	Mem     memory.Allocator
 	Logger  *slog.Logger
 }
@@ -109,6 +112,7 @@ type Server struct {
 	opts     Options
 	log      *slog.Logger
 	pool     *prefetch.Pool
+	decoder  decode.Decoder
 	mem      memory.Allocator
 	datasets *datasets
 	sessions *sessions
@@ -135,8 +139,11 @@ func NewServer(opts Options, deps Deps) (*Server, error) {
 	if deps.Mem == nil {
 		deps.Mem = memory.DefaultAllocator
 	}
+	if deps.Decoder == nil {
+		deps.Decoder = decode.NewCPU(decode.Options{})
+	}
 	return &Server{
-		opts: opts, log: deps.Logger, pool: deps.Pool, mem: deps.Mem,
+		opts: opts, log: deps.Logger, pool: deps.Pool, mem: deps.Mem, decoder: deps.Decoder,
 		datasets: newDatasets(shard.OpenOptions{Store: deps.Store, Formats: deps.Formats}, opts.Datasets),
 		sessions: newSessions(),
 	}, nil

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/loaderd/loaderd/decode"
 	feedv1 "github.com/loaderd/loaderd/feed/api/loaderd/feed/v1"
 	"github.com/loaderd/loaderd/prefetch"
 	"github.com/loaderd/loaderd/shard"
@@ -28,7 +30,11 @@ func (v *service) Describe(ctx context.Context, req *feedv1.DescribeRequest) (*f
 	if err != nil {
 		return nil, err
 	}
-	sc, err := encodeSchema(ds.Schema())
+	schema, _, err := v.s.images(ds, spec, 0)
+	if err != nil {
+		return nil, err
+	}
+	sc, err := encodeSchema(schema)
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +65,7 @@ func (v *service) share(ctx context.Context, open *feedv1.OpenStream) (*shard.Da
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	plan, err := shard.NewEpochPlan(ds.BlockRows(), spec.Shuffle, open.GetEpoch(), int(open.GetWorldSize()), modeFromProto(open.GetMode()))
+	plan, err := ds.EpochPlan(spec.Shuffle, open.GetEpoch(), int(open.GetWorldSize()), modeFromProto(open.GetMode()))
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -100,6 +106,10 @@ func (v *service) Stream(stream feedv1.Feed_StreamServer) error {
 	if err != nil {
 		return err
 	}
+	_, images, err := v.s.images(ds, spec, open.GetEpoch())
+	if err != nil {
+		return err
+	}
 	planFP := ds.PlanFingerprint(plan)
 	// Sessions end with the server as well as with the client.
 	ctx, cancel := context.WithCancel(ctx)
@@ -110,7 +120,7 @@ func (v *service) Stream(stream feedv1.Feed_StreamServer) error {
 	ps, err := prefetch.Start(ctx, ds, rp, open.GetStartSample(), prefetch.Options{
 		BatchSize: int(open.GetBatchSize()), DropLast: open.GetDropLast(),
 		Ahead: v.s.opts.Ahead, ReadAhead: v.s.opts.ReadAhead,
-		OnError: spec.OnError, Pool: v.s.pool, Mem: v.s.mem, Logger: v.s.log,
+		OnError: spec.OnError, Images: images, Pool: v.s.pool, Mem: v.s.mem, Logger: v.s.log,
 	})
 	if err != nil {
 		return err
@@ -127,7 +137,7 @@ func (v *service) Stream(stream feedv1.Feed_StreamServer) error {
 	log := v.s.log.With("session", sess.id, "job", sess.job, "rank", sess.rank, "epoch", sess.epoch)
 	log.Debug("session opened", "plan", rp.String(), "plan_fingerprint", planFP, "from", open.GetStartSample())
 
-	sc, err := encodeSchema(ds.Schema())
+	sc, err := encodeSchema(ps.Schema())
 	if err != nil {
 		return err
 	}
@@ -142,7 +152,8 @@ func (v *service) Stream(stream feedv1.Feed_StreamServer) error {
 	for {
 		b, err := ps.Next(ctx)
 		if errors.Is(err, io.EOF) {
-			log.Debug("session done", "batches", sess.batches.Load(), "skipped_blocks", ps.Skipped())
+			log.Debug("session done", "batches", sess.batches.Load(), "skipped_blocks", ps.Skipped(),
+				"skipped_samples", ps.SkippedSamples())
 			return nil
 		}
 		if err != nil {
@@ -157,7 +168,7 @@ func (v *service) Stream(stream feedv1.Feed_StreamServer) error {
 		}
 		if err := stream.Send(&feedv1.StreamResponse{Kind: &feedv1.StreamResponse_Batch{Batch: &feedv1.Batch{
 			Seq: b.Seq, FirstSample: b.First, NextSample: b.Next, NumRows: rows,
-			PaddingRows: b.Padding, ArrowIpc: buf.Bytes(),
+			PaddingRows: b.Padding, ArrowIpc: buf.Bytes(), SkippedSamples: b.Skipped,
 		}}}); err != nil {
 			return err
 		}
@@ -165,4 +176,21 @@ func (v *service) Stream(stream feedv1.Feed_StreamServer) error {
 		sess.rows.Add(rows)
 		sess.bytes.Add(int64(buf.Len()))
 	}
+}
+
+// images returns the schema of a spec's batches and, when the spec decodes
+// images, the stream's image stage for an epoch.
+func (s *Server) images(ds *shard.Dataset, spec shard.Spec, epoch int64) (*arrow.Schema, *prefetch.Images, error) {
+	if spec.Image == nil {
+		return ds.Schema(), nil, nil
+	}
+	p, err := decode.Compile(*spec.Image)
+	if err != nil {
+		return nil, nil, shard.Invalidf("%v", err)
+	}
+	sc, col, err := prefetch.ImageSchema(ds.Schema(), spec.Image.Column, p)
+	if err != nil {
+		return nil, nil, err
+	}
+	return sc, &prefetch.Images{Column: col, Pipeline: p, Decoder: s.decoder, Epoch: epoch}, nil
 }

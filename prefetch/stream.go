@@ -27,9 +27,12 @@ type Options struct {
 	// ReadAhead is how many blocks this stream reads at once (default 4).
 	ReadAhead int
 	OnError   shard.OnError
-	Pool      *Pool
-	Mem       memory.Allocator
-	Logger    *slog.Logger
+	// Images, if set, decodes a column of images in every batch; the
+	// source must then be a RowSource.
+	Images *Images
+	Pool   *Pool
+	Mem    memory.Allocator
+	Logger *slog.Logger
 }
 
 func (o *Options) ensureDefaults() {
@@ -59,15 +62,21 @@ type Batch struct {
 	First, Next int64
 	// Padding is how many trailing rows repeat earlier samples (even mode).
 	Padding int64
+	// Skipped is how many of the batch's samples were left out because
+	// their image did not decode (OnError Skip); a batch may then have no
+	// rows at all.
+	Skipped int64
 	Record  arrow.RecordBatch
 }
 
 // Stream produces one rank's batches for one epoch, from a start sample on.
 type Stream struct {
-	out     chan item
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	skipped atomic.Int64
+	out            chan item
+	cancel         context.CancelFunc
+	wg             sync.WaitGroup
+	skipped        atomic.Int64
+	skippedSamples atomic.Int64
+	schema         *arrow.Schema
 }
 
 type item struct {
@@ -85,9 +94,17 @@ func Start(ctx context.Context, src Source, plan *shard.RankPlan, from int64, op
 	if from < 0 || from > plan.Len() {
 		return nil, shard.Invalidf("start sample %d is outside the rank's %d samples", from, plan.Len())
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	s := &Stream{out: make(chan item, opts.Ahead), cancel: cancel}
+	s := &Stream{out: make(chan item, opts.Ahead), schema: src.Schema()}
 	p := &producer{src: src, plan: plan, from: from, opts: opts, s: s}
+	if opts.Images != nil {
+		st, err := newImageStage(opts.Images, src, &p.opts, func(n int64) { s.skippedSamples.Add(n) })
+		if err != nil {
+			return nil, err
+		}
+		p.images, s.schema = st, st.schema
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s.cancel = cancel
 	s.wg.Go(func() { p.run(ctx) })
 	return s, nil
 }
@@ -110,6 +127,13 @@ func (s *Stream) QueueDepth() int { return len(s.out) }
 
 // Skipped is the number of blocks skipped as bad input so far.
 func (s *Stream) Skipped() int64 { return s.skipped.Load() }
+
+// SkippedSamples is the number of samples left out so far because their
+// image did not decode.
+func (s *Stream) SkippedSamples() int64 { return s.skippedSamples.Load() }
+
+// Schema is the schema of the stream's batches.
+func (s *Stream) Schema() *arrow.Schema { return s.schema }
 
 // Close stops the stream, waits for its goroutines and releases what it held.
 func (s *Stream) Close() {
@@ -143,10 +167,11 @@ type job struct {
 }
 
 type producer struct {
-	src   Source
-	plan  *shard.RankPlan
-	from  int64
-	opts  Options
-	s     *Stream
-	ahead *gauge
+	src    Source
+	plan   *shard.RankPlan
+	from   int64
+	opts   Options
+	s      *Stream
+	ahead  *gauge
+	images *imageStage // nil: no images to decode
 }

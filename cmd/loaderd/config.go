@@ -33,6 +33,7 @@ type Config struct {
 	DataRoots  []string   `yaml:"data-root"`
 	CacheBytes Size       `yaml:"cache-bytes"`
 	Workers    int        `yaml:"workers"`
+	Decode     string     `yaml:"decode"`
 	LogLevel   slog.Level `yaml:"log-level"`
 	AllowUIDs  []string   `yaml:"allow-uid"`
 	AllowGIDs  []string   `yaml:"allow-gid"`
@@ -41,7 +42,7 @@ type Config struct {
 // defaultConfig holds the defaults that differ from the zero value and do not
 // depend on the host; EnsureDefaults fills the others after file and flags.
 func defaultConfig() Config {
-	return Config{CacheBytes: 1 << 30, LogLevel: slog.LevelInfo}
+	return Config{CacheBytes: 1 << 30, Decode: "auto", LogLevel: slog.LevelInfo}
 }
 
 // flags binds every setting to a flag of fs, with c's values as defaults.
@@ -49,7 +50,8 @@ func (c *Config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Socket, "socket", c.Socket, "Unix socket to listen on (default: $LOADERD_SOCKET, else $XDG_RUNTIME_DIR/loaderd/loaderd.sock)")
 	fs.Var(&listFlag{v: &c.DataRoots}, "data-root", "directory datasets may be read from; repeat for several (default: the working directory)")
 	fs.TextVar(&c.CacheBytes, "cache-bytes", c.CacheBytes, "block cache budget, e.g. 4GiB; 0 disables the cache")
-	fs.IntVar(&c.Workers, "workers", c.Workers, "blocks read and decoded at once, all sessions together (default: GOMAXPROCS)")
+	fs.IntVar(&c.Workers, "workers", c.Workers, "blocks read and images decoded at once, all sessions together (default: GOMAXPROCS)")
+	fs.StringVar(&c.Decode, "decode", c.Decode, "image decoder: cpu, gpu, or auto (the GPU when one is usable, else the CPU)")
 	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn, error")
 	fs.Var(&listFlag{v: &c.AllowUIDs}, "allow-uid", "user (name or uid) allowed to connect besides the daemon's own and root; repeatable")
 	fs.Var(&listFlag{v: &c.AllowGIDs}, "allow-gid", "group (name or gid) whose members may connect; repeatable")
@@ -68,6 +70,9 @@ func (c *Config) EnsureDefaults() {
 	if c.Workers == 0 {
 		c.Workers = runtime.GOMAXPROCS(0)
 	}
+	if c.Decode == "" {
+		c.Decode = "auto"
+	}
 }
 
 // Validate reports settings that cannot work on any host, naming the key.
@@ -79,6 +84,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Workers < 1 {
 		return settingErr("workers", c.Workers, "must be at least 1")
+	}
+	if c.Decode != "cpu" && c.Decode != "gpu" && c.Decode != "auto" {
+		return settingErr("decode", c.Decode, "want cpu, gpu or auto")
 	}
 	for _, r := range c.DataRoots {
 		if r == "" {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 
 	"github.com/loaderd/loaderd/cache"
+	"github.com/loaderd/loaderd/decode"
 	"github.com/loaderd/loaderd/feed"
 	"github.com/loaderd/loaderd/prefetch"
 	"github.com/loaderd/loaderd/shard"
@@ -41,20 +42,27 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer stopping()
 	return d.srv.Serve(ctx, func() {
 		log.Info("loaderd ready", "socket", d.srv.Socket(), "version", version, "data_roots", d.roots,
-			"workers", cfg.Workers, "cache", cfg.CacheBytes.String())
+			"workers", cfg.Workers, "cache", cfg.CacheBytes.String(),
+			"decoder", d.decoder.Name(), "decoder_choice", d.decoderWhy)
 		sd.ready(ctx, d.srv.Socket())
 	})
 }
 
 // daemon is the wired-up server and what it owns.
 type daemon struct {
-	srv   *feed.Server
-	cache *cache.Cache
-	roots []string
+	srv        *feed.Server
+	cache      *cache.Cache
+	decoder    decode.Decoder
+	decoderWhy string
+	roots      []string
 }
 
 func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, error) {
 	local, err := shard.NewLocalStore(cfg.DataRoots)
+	if err != nil {
+		return nil, err
+	}
+	dec, why, err := decode.New(cfg.Decode, decode.Options{})
 	if err != nil {
 		return nil, err
 	}
@@ -69,13 +77,16 @@ func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, erro
 	srv, err := feed.NewServer(feed.Options{
 		Socket: cfg.Socket, AllowUIDs: uids, AllowGIDs: gids, Version: version,
 	}, feed.Deps{
-		Store: store, Formats: shard.DefaultFormats(), Pool: prefetch.NewPool(cfg.Workers), Logger: log,
+		Store: store, Formats: shard.DefaultFormats(), Pool: prefetch.NewPool(cfg.Workers), Decoder: dec, Logger: log,
 	})
 	if err != nil {
 		c.Close()
 		return nil, err
 	}
-	return &daemon{srv: srv, cache: c, roots: local.Roots()}, nil
+	return &daemon{srv: srv, cache: c, decoder: dec, decoderWhy: why, roots: local.Roots()}, nil
 }
 
-func (d *daemon) close() { d.cache.Close() }
+func (d *daemon) close() {
+	d.cache.Close()
+	_ = d.decoder.Close() // nothing to report on the way out
+}

@@ -183,7 +183,8 @@ func (Transport) EnumDescriptor() ([]byte, []int) {
 // fingerprint: two jobs with the same spec share cached blocks.
 type DatasetSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Format name: "parquet".
+	// Format name: "parquet", "images" (a folder of class folders),
+	// "webdataset" (tar shards).
 	Format string `protobuf:"bytes,1,opt,name=format,proto3" json:"format,omitempty"`
 	// Absolute paths or glob patterns; matches are read in sorted order.
 	Uris []string `protobuf:"bytes,2,rep,name=uris,proto3" json:"uris,omitempty"`
@@ -193,7 +194,10 @@ type DatasetSpec struct {
 	Shuffle *Shuffle `protobuf:"bytes,4,opt,name=shuffle,proto3" json:"shuffle,omitempty"`
 	OnError OnError  `protobuf:"varint,5,opt,name=on_error,json=onError,proto3,enum=loaderd.feed.v1.OnError" json:"on_error,omitempty"`
 	// Format-specific options.
-	Options       map[string]string `protobuf:"bytes,6,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Options map[string]string `protobuf:"bytes,6,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Decodes a column of encoded images and transforms them (read_images,
+	// read_webdataset, decode_image). Absent: every column is sent as read.
+	Image         *ImageDecode `protobuf:"bytes,10,opt,name=image,proto3" json:"image,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -270,6 +274,506 @@ func (x *DatasetSpec) GetOptions() map[string]string {
 	return nil
 }
 
+func (x *DatasetSpec) GetImage() *ImageDecode {
+	if x != nil {
+		return x.Image
+	}
+	return nil
+}
+
+// ImageDecode decodes the images of one binary column (JPEG, PNG, WebP, BMP,
+// TIFF; the EXIF orientation applied; RGB, alpha dropped) and applies the
+// transforms in order, with torchvision's semantics. The column becomes an
+// Arrow fixed_shape_tensor: uint8 (height, width, 3), or float32
+// (3, height, width) after normalize. The transforms must give every image
+// the same size: end them with random_resized_crop, center_crop or a resize
+// with both sides.
+type ImageDecode struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Column     string                 `protobuf:"bytes,1,opt,name=column,proto3" json:"column,omitempty"`
+	Transforms []*ImageTransform      `protobuf:"bytes,2,rep,name=transforms,proto3" json:"transforms,omitempty"`
+	// Seeds the random transforms together with the epoch and each sample's
+	// row in the dataset: the same seed gives the same pixels on every run and
+	// machine, whatever the world size or shuffle. 0 is a seed like any other.
+	Seed          uint64 `protobuf:"varint,3,opt,name=seed,proto3" json:"seed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageDecode) Reset() {
+	*x = ImageDecode{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageDecode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageDecode) ProtoMessage() {}
+
+func (x *ImageDecode) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageDecode.ProtoReflect.Descriptor instead.
+func (*ImageDecode) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ImageDecode) GetColumn() string {
+	if x != nil {
+		return x.Column
+	}
+	return ""
+}
+
+func (x *ImageDecode) GetTransforms() []*ImageTransform {
+	if x != nil {
+		return x.Transforms
+	}
+	return nil
+}
+
+func (x *ImageDecode) GetSeed() uint64 {
+	if x != nil {
+		return x.Seed
+	}
+	return 0
+}
+
+type ImageTransform struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Op:
+	//
+	//	*ImageTransform_RandomResizedCrop
+	//	*ImageTransform_Resize
+	//	*ImageTransform_CenterCrop
+	//	*ImageTransform_RandomHorizontalFlip
+	//	*ImageTransform_Normalize
+	Op            isImageTransform_Op `protobuf_oneof:"op"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageTransform) Reset() {
+	*x = ImageTransform{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageTransform) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageTransform) ProtoMessage() {}
+
+func (x *ImageTransform) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageTransform.ProtoReflect.Descriptor instead.
+func (*ImageTransform) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ImageTransform) GetOp() isImageTransform_Op {
+	if x != nil {
+		return x.Op
+	}
+	return nil
+}
+
+func (x *ImageTransform) GetRandomResizedCrop() *ImageRandomResizedCrop {
+	if x != nil {
+		if x, ok := x.Op.(*ImageTransform_RandomResizedCrop); ok {
+			return x.RandomResizedCrop
+		}
+	}
+	return nil
+}
+
+func (x *ImageTransform) GetResize() *ImageResize {
+	if x != nil {
+		if x, ok := x.Op.(*ImageTransform_Resize); ok {
+			return x.Resize
+		}
+	}
+	return nil
+}
+
+func (x *ImageTransform) GetCenterCrop() *ImageCenterCrop {
+	if x != nil {
+		if x, ok := x.Op.(*ImageTransform_CenterCrop); ok {
+			return x.CenterCrop
+		}
+	}
+	return nil
+}
+
+func (x *ImageTransform) GetRandomHorizontalFlip() *ImageRandomHorizontalFlip {
+	if x != nil {
+		if x, ok := x.Op.(*ImageTransform_RandomHorizontalFlip); ok {
+			return x.RandomHorizontalFlip
+		}
+	}
+	return nil
+}
+
+func (x *ImageTransform) GetNormalize() *ImageNormalize {
+	if x != nil {
+		if x, ok := x.Op.(*ImageTransform_Normalize); ok {
+			return x.Normalize
+		}
+	}
+	return nil
+}
+
+type isImageTransform_Op interface {
+	isImageTransform_Op()
+}
+
+type ImageTransform_RandomResizedCrop struct {
+	RandomResizedCrop *ImageRandomResizedCrop `protobuf:"bytes,1,opt,name=random_resized_crop,json=randomResizedCrop,proto3,oneof"`
+}
+
+type ImageTransform_Resize struct {
+	Resize *ImageResize `protobuf:"bytes,2,opt,name=resize,proto3,oneof"`
+}
+
+type ImageTransform_CenterCrop struct {
+	CenterCrop *ImageCenterCrop `protobuf:"bytes,3,opt,name=center_crop,json=centerCrop,proto3,oneof"`
+}
+
+type ImageTransform_RandomHorizontalFlip struct {
+	RandomHorizontalFlip *ImageRandomHorizontalFlip `protobuf:"bytes,4,opt,name=random_horizontal_flip,json=randomHorizontalFlip,proto3,oneof"`
+}
+
+type ImageTransform_Normalize struct {
+	Normalize *ImageNormalize `protobuf:"bytes,5,opt,name=normalize,proto3,oneof"`
+}
+
+func (*ImageTransform_RandomResizedCrop) isImageTransform_Op() {}
+
+func (*ImageTransform_Resize) isImageTransform_Op() {}
+
+func (*ImageTransform_CenterCrop) isImageTransform_Op() {}
+
+func (*ImageTransform_RandomHorizontalFlip) isImageTransform_Op() {}
+
+func (*ImageTransform_Normalize) isImageTransform_Op() {}
+
+// A random area in [scale_min, scale_max] of the image, of aspect ratio in
+// [ratio_min, ratio_max], resized to height x width. All four bounds 0: the
+// defaults (0.08, 1) and (3/4, 4/3).
+type ImageRandomResizedCrop struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Height        int32                  `protobuf:"varint,1,opt,name=height,proto3" json:"height,omitempty"`
+	Width         int32                  `protobuf:"varint,2,opt,name=width,proto3" json:"width,omitempty"`
+	ScaleMin      float64                `protobuf:"fixed64,3,opt,name=scale_min,json=scaleMin,proto3" json:"scale_min,omitempty"`
+	ScaleMax      float64                `protobuf:"fixed64,4,opt,name=scale_max,json=scaleMax,proto3" json:"scale_max,omitempty"`
+	RatioMin      float64                `protobuf:"fixed64,5,opt,name=ratio_min,json=ratioMin,proto3" json:"ratio_min,omitempty"`
+	RatioMax      float64                `protobuf:"fixed64,6,opt,name=ratio_max,json=ratioMax,proto3" json:"ratio_max,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageRandomResizedCrop) Reset() {
+	*x = ImageRandomResizedCrop{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageRandomResizedCrop) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageRandomResizedCrop) ProtoMessage() {}
+
+func (x *ImageRandomResizedCrop) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageRandomResizedCrop.ProtoReflect.Descriptor instead.
+func (*ImageRandomResizedCrop) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ImageRandomResizedCrop) GetHeight() int32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *ImageRandomResizedCrop) GetWidth() int32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+func (x *ImageRandomResizedCrop) GetScaleMin() float64 {
+	if x != nil {
+		return x.ScaleMin
+	}
+	return 0
+}
+
+func (x *ImageRandomResizedCrop) GetScaleMax() float64 {
+	if x != nil {
+		return x.ScaleMax
+	}
+	return 0
+}
+
+func (x *ImageRandomResizedCrop) GetRatioMin() float64 {
+	if x != nil {
+		return x.RatioMin
+	}
+	return 0
+}
+
+func (x *ImageRandomResizedCrop) GetRatioMax() float64 {
+	if x != nil {
+		return x.RatioMax
+	}
+	return 0
+}
+
+// Resize to height x width; width 0: the shorter edge becomes height and the
+// aspect ratio is kept.
+type ImageResize struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Height        int32                  `protobuf:"varint,1,opt,name=height,proto3" json:"height,omitempty"`
+	Width         int32                  `protobuf:"varint,2,opt,name=width,proto3" json:"width,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageResize) Reset() {
+	*x = ImageResize{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageResize) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageResize) ProtoMessage() {}
+
+func (x *ImageResize) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageResize.ProtoReflect.Descriptor instead.
+func (*ImageResize) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ImageResize) GetHeight() int32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *ImageResize) GetWidth() int32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+// The central height x width, padded with zeros where the image is smaller.
+type ImageCenterCrop struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Height        int32                  `protobuf:"varint,1,opt,name=height,proto3" json:"height,omitempty"`
+	Width         int32                  `protobuf:"varint,2,opt,name=width,proto3" json:"width,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageCenterCrop) Reset() {
+	*x = ImageCenterCrop{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageCenterCrop) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageCenterCrop) ProtoMessage() {}
+
+func (x *ImageCenterCrop) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageCenterCrop.ProtoReflect.Descriptor instead.
+func (*ImageCenterCrop) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ImageCenterCrop) GetHeight() int32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *ImageCenterCrop) GetWidth() int32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+// Mirror left-right with probability p.
+type ImageRandomHorizontalFlip struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	P             float64                `protobuf:"fixed64,1,opt,name=p,proto3" json:"p,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageRandomHorizontalFlip) Reset() {
+	*x = ImageRandomHorizontalFlip{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageRandomHorizontalFlip) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageRandomHorizontalFlip) ProtoMessage() {}
+
+func (x *ImageRandomHorizontalFlip) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageRandomHorizontalFlip.ProtoReflect.Descriptor instead.
+func (*ImageRandomHorizontalFlip) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ImageRandomHorizontalFlip) GetP() float64 {
+	if x != nil {
+		return x.P
+	}
+	return 0
+}
+
+// (x / 255 - mean) / std per channel, as float32 CHW: the last transform.
+// One value, or one per channel (R, G, B).
+type ImageNormalize struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mean          []float64              `protobuf:"fixed64,1,rep,packed,name=mean,proto3" json:"mean,omitempty"`
+	Std           []float64              `protobuf:"fixed64,2,rep,packed,name=std,proto3" json:"std,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageNormalize) Reset() {
+	*x = ImageNormalize{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageNormalize) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageNormalize) ProtoMessage() {}
+
+func (x *ImageNormalize) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageNormalize.ProtoReflect.Descriptor instead.
+func (*ImageNormalize) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ImageNormalize) GetMean() []float64 {
+	if x != nil {
+		return x.Mean
+	}
+	return nil
+}
+
+func (x *ImageNormalize) GetStd() []float64 {
+	if x != nil {
+		return x.Std
+	}
+	return nil
+}
+
 type Shuffle struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Seed  uint64                 `protobuf:"varint,1,opt,name=seed,proto3" json:"seed,omitempty"`
@@ -281,7 +785,7 @@ type Shuffle struct {
 
 func (x *Shuffle) Reset() {
 	*x = Shuffle{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[1]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -293,7 +797,7 @@ func (x *Shuffle) String() string {
 func (*Shuffle) ProtoMessage() {}
 
 func (x *Shuffle) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[1]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -306,7 +810,7 @@ func (x *Shuffle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Shuffle.ProtoReflect.Descriptor instead.
 func (*Shuffle) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{1}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Shuffle) GetSeed() uint64 {
@@ -332,7 +836,7 @@ type DescribeRequest struct {
 
 func (x *DescribeRequest) Reset() {
 	*x = DescribeRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[2]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -344,7 +848,7 @@ func (x *DescribeRequest) String() string {
 func (*DescribeRequest) ProtoMessage() {}
 
 func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[2]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -357,7 +861,7 @@ func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeRequest.ProtoReflect.Descriptor instead.
 func (*DescribeRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{2}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DescribeRequest) GetDataset() *DatasetSpec {
@@ -381,7 +885,7 @@ type DescribeResponse struct {
 
 func (x *DescribeResponse) Reset() {
 	*x = DescribeResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[3]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -393,7 +897,7 @@ func (x *DescribeResponse) String() string {
 func (*DescribeResponse) ProtoMessage() {}
 
 func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[3]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -406,7 +910,7 @@ func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeResponse.ProtoReflect.Descriptor instead.
 func (*DescribeResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{3}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DescribeResponse) GetArrowSchema() []byte {
@@ -457,7 +961,7 @@ type StreamRequest struct {
 
 func (x *StreamRequest) Reset() {
 	*x = StreamRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[4]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -469,7 +973,7 @@ func (x *StreamRequest) String() string {
 func (*StreamRequest) ProtoMessage() {}
 
 func (x *StreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[4]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -482,7 +986,7 @@ func (x *StreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamRequest.ProtoReflect.Descriptor instead.
 func (*StreamRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{4}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StreamRequest) GetKind() isStreamRequest_Kind {
@@ -546,7 +1050,7 @@ type OpenStream struct {
 
 func (x *OpenStream) Reset() {
 	*x = OpenStream{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[5]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -558,7 +1062,7 @@ func (x *OpenStream) String() string {
 func (*OpenStream) ProtoMessage() {}
 
 func (x *OpenStream) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[5]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -571,7 +1075,7 @@ func (x *OpenStream) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenStream.ProtoReflect.Descriptor instead.
 func (*OpenStream) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{5}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *OpenStream) GetDataset() *DatasetSpec {
@@ -653,7 +1157,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[6]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +1169,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[6]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +1182,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{6}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Ack) GetSeq() int64 {
@@ -701,7 +1205,7 @@ type StreamResponse struct {
 
 func (x *StreamResponse) Reset() {
 	*x = StreamResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[7]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -713,7 +1217,7 @@ func (x *StreamResponse) String() string {
 func (*StreamResponse) ProtoMessage() {}
 
 func (x *StreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[7]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -726,7 +1230,7 @@ func (x *StreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamResponse.ProtoReflect.Descriptor instead.
 func (*StreamResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{7}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StreamResponse) GetKind() isStreamResponse_Kind {
@@ -790,7 +1294,7 @@ type StreamHeader struct {
 
 func (x *StreamHeader) Reset() {
 	*x = StreamHeader{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[8]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -802,7 +1306,7 @@ func (x *StreamHeader) String() string {
 func (*StreamHeader) ProtoMessage() {}
 
 func (x *StreamHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[8]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -815,7 +1319,7 @@ func (x *StreamHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamHeader.ProtoReflect.Descriptor instead.
 func (*StreamHeader) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{8}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StreamHeader) GetSessionId() string {
@@ -879,14 +1383,17 @@ type Batch struct {
 	ArrowIpc []byte `protobuf:"bytes,5,opt,name=arrow_ipc,json=arrowIpc,proto3" json:"arrow_ipc,omitempty"`
 	// The sample to resume at after this batch: first_sample + num_rows, or
 	// further when rows of bad input were skipped.
-	NextSample    int64 `protobuf:"varint,6,opt,name=next_sample,json=nextSample,proto3" json:"next_sample,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NextSample int64 `protobuf:"varint,6,opt,name=next_sample,json=nextSample,proto3" json:"next_sample,omitempty"`
+	// Samples of this batch left out because their image did not decode
+	// (on_error skip). A batch whose samples were all left out has no rows.
+	SkippedSamples int64 `protobuf:"varint,60,opt,name=skipped_samples,json=skippedSamples,proto3" json:"skipped_samples,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[9]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +1405,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[9]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +1418,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{9}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Batch) GetSeq() int64 {
@@ -956,6 +1463,13 @@ func (x *Batch) GetNextSample() int64 {
 	return 0
 }
 
+func (x *Batch) GetSkippedSamples() int64 {
+	if x != nil {
+		return x.SkippedSamples
+	}
+	return 0
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -964,7 +1478,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[10]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1490,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[10]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1503,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{10}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{17}
 }
 
 type StatusResponse struct {
@@ -1006,7 +1520,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[11]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1018,7 +1532,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[11]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1031,7 +1545,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{11}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -1077,7 +1591,7 @@ type PlanStatus struct {
 
 func (x *PlanStatus) Reset() {
 	*x = PlanStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1089,7 +1603,7 @@ func (x *PlanStatus) String() string {
 func (*PlanStatus) ProtoMessage() {}
 
 func (x *PlanStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1102,7 +1616,7 @@ func (x *PlanStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanStatus.ProtoReflect.Descriptor instead.
 func (*PlanStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{12}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PlanStatus) GetJob() string {
@@ -1158,7 +1672,7 @@ type SessionStatus struct {
 
 func (x *SessionStatus) Reset() {
 	*x = SessionStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1684,7 @@ func (x *SessionStatus) String() string {
 func (*SessionStatus) ProtoMessage() {}
 
 func (x *SessionStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1697,7 @@ func (x *SessionStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionStatus.ProtoReflect.Descriptor instead.
 func (*SessionStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{13}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SessionStatus) GetSessionId() string {
@@ -1264,7 +1778,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1276,7 +1790,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1289,7 +1803,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{14}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{21}
 }
 
 type VersionResponse struct {
@@ -1303,7 +1817,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1315,7 +1829,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1328,7 +1842,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{15}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -1363,7 +1877,7 @@ type PlanRequest struct {
 
 func (x *PlanRequest) Reset() {
 	*x = PlanRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1375,7 +1889,7 @@ func (x *PlanRequest) String() string {
 func (*PlanRequest) ProtoMessage() {}
 
 func (x *PlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1388,7 +1902,7 @@ func (x *PlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanRequest.ProtoReflect.Descriptor instead.
 func (*PlanRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{16}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PlanRequest) GetOpen() *OpenStream {
@@ -1412,7 +1926,7 @@ type PlanResponse struct {
 
 func (x *PlanResponse) Reset() {
 	*x = PlanResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1938,7 @@ func (x *PlanResponse) String() string {
 func (*PlanResponse) ProtoMessage() {}
 
 func (x *PlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1951,7 @@ func (x *PlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanResponse.ProtoReflect.Descriptor instead.
 func (*PlanResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{17}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PlanResponse) GetPlanFingerprint() string {
@@ -1472,17 +1986,51 @@ var File_loaderd_feed_v1_feed_proto protoreflect.FileDescriptor
 
 const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\n" +
-	"\x1aloaderd/feed/v1/feed.proto\x12\x0floaderd.feed.v1\"\xbd\x02\n" +
+	"\x1aloaderd/feed/v1/feed.proto\x12\x0floaderd.feed.v1\"\xf1\x02\n" +
 	"\vDatasetSpec\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\tR\x06format\x12\x12\n" +
 	"\x04uris\x18\x02 \x03(\tR\x04uris\x12\x18\n" +
 	"\acolumns\x18\x03 \x03(\tR\acolumns\x122\n" +
 	"\ashuffle\x18\x04 \x01(\v2\x18.loaderd.feed.v1.ShuffleR\ashuffle\x123\n" +
 	"\bon_error\x18\x05 \x01(\x0e2\x18.loaderd.feed.v1.OnErrorR\aonError\x12C\n" +
-	"\aoptions\x18\x06 \x03(\v2).loaderd.feed.v1.DatasetSpec.OptionsEntryR\aoptions\x1a:\n" +
+	"\aoptions\x18\x06 \x03(\v2).loaderd.feed.v1.DatasetSpec.OptionsEntryR\aoptions\x122\n" +
+	"\x05image\x18\n" +
+	" \x01(\v2\x1c.loaderd.feed.v1.ImageDecodeR\x05image\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\">\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"z\n" +
+	"\vImageDecode\x12\x16\n" +
+	"\x06column\x18\x01 \x01(\tR\x06column\x12?\n" +
+	"\n" +
+	"transforms\x18\x02 \x03(\v2\x1f.loaderd.feed.v1.ImageTransformR\n" +
+	"transforms\x12\x12\n" +
+	"\x04seed\x18\x03 \x01(\x04R\x04seed\"\x93\x03\n" +
+	"\x0eImageTransform\x12Y\n" +
+	"\x13random_resized_crop\x18\x01 \x01(\v2'.loaderd.feed.v1.ImageRandomResizedCropH\x00R\x11randomResizedCrop\x126\n" +
+	"\x06resize\x18\x02 \x01(\v2\x1c.loaderd.feed.v1.ImageResizeH\x00R\x06resize\x12C\n" +
+	"\vcenter_crop\x18\x03 \x01(\v2 .loaderd.feed.v1.ImageCenterCropH\x00R\n" +
+	"centerCrop\x12b\n" +
+	"\x16random_horizontal_flip\x18\x04 \x01(\v2*.loaderd.feed.v1.ImageRandomHorizontalFlipH\x00R\x14randomHorizontalFlip\x12?\n" +
+	"\tnormalize\x18\x05 \x01(\v2\x1f.loaderd.feed.v1.ImageNormalizeH\x00R\tnormalizeB\x04\n" +
+	"\x02op\"\xba\x01\n" +
+	"\x16ImageRandomResizedCrop\x12\x16\n" +
+	"\x06height\x18\x01 \x01(\x05R\x06height\x12\x14\n" +
+	"\x05width\x18\x02 \x01(\x05R\x05width\x12\x1b\n" +
+	"\tscale_min\x18\x03 \x01(\x01R\bscaleMin\x12\x1b\n" +
+	"\tscale_max\x18\x04 \x01(\x01R\bscaleMax\x12\x1b\n" +
+	"\tratio_min\x18\x05 \x01(\x01R\bratioMin\x12\x1b\n" +
+	"\tratio_max\x18\x06 \x01(\x01R\bratioMax\";\n" +
+	"\vImageResize\x12\x16\n" +
+	"\x06height\x18\x01 \x01(\x05R\x06height\x12\x14\n" +
+	"\x05width\x18\x02 \x01(\x05R\x05width\"?\n" +
+	"\x0fImageCenterCrop\x12\x16\n" +
+	"\x06height\x18\x01 \x01(\x05R\x06height\x12\x14\n" +
+	"\x05width\x18\x02 \x01(\x05R\x05width\")\n" +
+	"\x19ImageRandomHorizontalFlip\x12\f\n" +
+	"\x01p\x18\x01 \x01(\x01R\x01p\"6\n" +
+	"\x0eImageNormalize\x12\x12\n" +
+	"\x04mean\x18\x01 \x03(\x01R\x04mean\x12\x10\n" +
+	"\x03std\x18\x02 \x03(\x01R\x03std\">\n" +
 	"\aShuffle\x12\x12\n" +
 	"\x04seed\x18\x01 \x01(\x04R\x04seed\x12\x1f\n" +
 	"\vwindow_rows\x18\x02 \x01(\x03R\n" +
@@ -1530,7 +2078,7 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\fstart_sample\x18\x04 \x01(\x03R\vstartSample\x12'\n" +
 	"\x0fpadding_samples\x18\x05 \x01(\x03R\x0epaddingSamples\x128\n" +
 	"\ttransport\x18\x06 \x01(\x0e2\x1a.loaderd.feed.v1.TransportR\ttransport\x12)\n" +
-	"\x10plan_fingerprint\x18( \x01(\tR\x0fplanFingerprint\"\xb8\x01\n" +
+	"\x10plan_fingerprint\x18( \x01(\tR\x0fplanFingerprint\"\xe1\x01\n" +
 	"\x05Batch\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12!\n" +
 	"\ffirst_sample\x18\x02 \x01(\x03R\vfirstSample\x12\x19\n" +
@@ -1538,7 +2086,8 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\fpadding_rows\x18\x04 \x01(\x03R\vpaddingRows\x12\x1b\n" +
 	"\tarrow_ipc\x18\x05 \x01(\fR\barrowIpc\x12\x1f\n" +
 	"\vnext_sample\x18\x06 \x01(\x03R\n" +
-	"nextSample\"\x0f\n" +
+	"nextSample\x12'\n" +
+	"\x0fskipped_samples\x18< \x01(\x03R\x0eskippedSamples\"\x0f\n" +
 	"\rStatusRequest\"\xc0\x01\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
@@ -1614,62 +2163,76 @@ func file_loaderd_feed_v1_feed_proto_rawDescGZIP() []byte {
 }
 
 var file_loaderd_feed_v1_feed_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_loaderd_feed_v1_feed_proto_goTypes = []any{
-	(OnError)(0),             // 0: loaderd.feed.v1.OnError
-	(ShardMode)(0),           // 1: loaderd.feed.v1.ShardMode
-	(Transport)(0),           // 2: loaderd.feed.v1.Transport
-	(*DatasetSpec)(nil),      // 3: loaderd.feed.v1.DatasetSpec
-	(*Shuffle)(nil),          // 4: loaderd.feed.v1.Shuffle
-	(*DescribeRequest)(nil),  // 5: loaderd.feed.v1.DescribeRequest
-	(*DescribeResponse)(nil), // 6: loaderd.feed.v1.DescribeResponse
-	(*StreamRequest)(nil),    // 7: loaderd.feed.v1.StreamRequest
-	(*OpenStream)(nil),       // 8: loaderd.feed.v1.OpenStream
-	(*Ack)(nil),              // 9: loaderd.feed.v1.Ack
-	(*StreamResponse)(nil),   // 10: loaderd.feed.v1.StreamResponse
-	(*StreamHeader)(nil),     // 11: loaderd.feed.v1.StreamHeader
-	(*Batch)(nil),            // 12: loaderd.feed.v1.Batch
-	(*StatusRequest)(nil),    // 13: loaderd.feed.v1.StatusRequest
-	(*StatusResponse)(nil),   // 14: loaderd.feed.v1.StatusResponse
-	(*PlanStatus)(nil),       // 15: loaderd.feed.v1.PlanStatus
-	(*SessionStatus)(nil),    // 16: loaderd.feed.v1.SessionStatus
-	(*VersionRequest)(nil),   // 17: loaderd.feed.v1.VersionRequest
-	(*VersionResponse)(nil),  // 18: loaderd.feed.v1.VersionResponse
-	(*PlanRequest)(nil),      // 19: loaderd.feed.v1.PlanRequest
-	(*PlanResponse)(nil),     // 20: loaderd.feed.v1.PlanResponse
-	nil,                      // 21: loaderd.feed.v1.DatasetSpec.OptionsEntry
+	(OnError)(0),                      // 0: loaderd.feed.v1.OnError
+	(ShardMode)(0),                    // 1: loaderd.feed.v1.ShardMode
+	(Transport)(0),                    // 2: loaderd.feed.v1.Transport
+	(*DatasetSpec)(nil),               // 3: loaderd.feed.v1.DatasetSpec
+	(*ImageDecode)(nil),               // 4: loaderd.feed.v1.ImageDecode
+	(*ImageTransform)(nil),            // 5: loaderd.feed.v1.ImageTransform
+	(*ImageRandomResizedCrop)(nil),    // 6: loaderd.feed.v1.ImageRandomResizedCrop
+	(*ImageResize)(nil),               // 7: loaderd.feed.v1.ImageResize
+	(*ImageCenterCrop)(nil),           // 8: loaderd.feed.v1.ImageCenterCrop
+	(*ImageRandomHorizontalFlip)(nil), // 9: loaderd.feed.v1.ImageRandomHorizontalFlip
+	(*ImageNormalize)(nil),            // 10: loaderd.feed.v1.ImageNormalize
+	(*Shuffle)(nil),                   // 11: loaderd.feed.v1.Shuffle
+	(*DescribeRequest)(nil),           // 12: loaderd.feed.v1.DescribeRequest
+	(*DescribeResponse)(nil),          // 13: loaderd.feed.v1.DescribeResponse
+	(*StreamRequest)(nil),             // 14: loaderd.feed.v1.StreamRequest
+	(*OpenStream)(nil),                // 15: loaderd.feed.v1.OpenStream
+	(*Ack)(nil),                       // 16: loaderd.feed.v1.Ack
+	(*StreamResponse)(nil),            // 17: loaderd.feed.v1.StreamResponse
+	(*StreamHeader)(nil),              // 18: loaderd.feed.v1.StreamHeader
+	(*Batch)(nil),                     // 19: loaderd.feed.v1.Batch
+	(*StatusRequest)(nil),             // 20: loaderd.feed.v1.StatusRequest
+	(*StatusResponse)(nil),            // 21: loaderd.feed.v1.StatusResponse
+	(*PlanStatus)(nil),                // 22: loaderd.feed.v1.PlanStatus
+	(*SessionStatus)(nil),             // 23: loaderd.feed.v1.SessionStatus
+	(*VersionRequest)(nil),            // 24: loaderd.feed.v1.VersionRequest
+	(*VersionResponse)(nil),           // 25: loaderd.feed.v1.VersionResponse
+	(*PlanRequest)(nil),               // 26: loaderd.feed.v1.PlanRequest
+	(*PlanResponse)(nil),              // 27: loaderd.feed.v1.PlanResponse
+	nil,                               // 28: loaderd.feed.v1.DatasetSpec.OptionsEntry
 }
 var file_loaderd_feed_v1_feed_proto_depIdxs = []int32{
-	4,  // 0: loaderd.feed.v1.DatasetSpec.shuffle:type_name -> loaderd.feed.v1.Shuffle
+	11, // 0: loaderd.feed.v1.DatasetSpec.shuffle:type_name -> loaderd.feed.v1.Shuffle
 	0,  // 1: loaderd.feed.v1.DatasetSpec.on_error:type_name -> loaderd.feed.v1.OnError
-	21, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
-	3,  // 3: loaderd.feed.v1.DescribeRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
-	8,  // 4: loaderd.feed.v1.StreamRequest.open:type_name -> loaderd.feed.v1.OpenStream
-	9,  // 5: loaderd.feed.v1.StreamRequest.ack:type_name -> loaderd.feed.v1.Ack
-	3,  // 6: loaderd.feed.v1.OpenStream.dataset:type_name -> loaderd.feed.v1.DatasetSpec
-	1,  // 7: loaderd.feed.v1.OpenStream.mode:type_name -> loaderd.feed.v1.ShardMode
-	2,  // 8: loaderd.feed.v1.OpenStream.transport:type_name -> loaderd.feed.v1.Transport
-	11, // 9: loaderd.feed.v1.StreamResponse.header:type_name -> loaderd.feed.v1.StreamHeader
-	12, // 10: loaderd.feed.v1.StreamResponse.batch:type_name -> loaderd.feed.v1.Batch
-	2,  // 11: loaderd.feed.v1.StreamHeader.transport:type_name -> loaderd.feed.v1.Transport
-	16, // 12: loaderd.feed.v1.StatusResponse.sessions:type_name -> loaderd.feed.v1.SessionStatus
-	15, // 13: loaderd.feed.v1.StatusResponse.plans:type_name -> loaderd.feed.v1.PlanStatus
-	8,  // 14: loaderd.feed.v1.PlanRequest.open:type_name -> loaderd.feed.v1.OpenStream
-	5,  // 15: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
-	7,  // 16: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
-	13, // 17: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
-	17, // 18: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
-	19, // 19: loaderd.feed.v1.Feed.Plan:input_type -> loaderd.feed.v1.PlanRequest
-	6,  // 20: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
-	10, // 21: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
-	14, // 22: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
-	18, // 23: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
-	20, // 24: loaderd.feed.v1.Feed.Plan:output_type -> loaderd.feed.v1.PlanResponse
-	20, // [20:25] is the sub-list for method output_type
-	15, // [15:20] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	28, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
+	4,  // 3: loaderd.feed.v1.DatasetSpec.image:type_name -> loaderd.feed.v1.ImageDecode
+	5,  // 4: loaderd.feed.v1.ImageDecode.transforms:type_name -> loaderd.feed.v1.ImageTransform
+	6,  // 5: loaderd.feed.v1.ImageTransform.random_resized_crop:type_name -> loaderd.feed.v1.ImageRandomResizedCrop
+	7,  // 6: loaderd.feed.v1.ImageTransform.resize:type_name -> loaderd.feed.v1.ImageResize
+	8,  // 7: loaderd.feed.v1.ImageTransform.center_crop:type_name -> loaderd.feed.v1.ImageCenterCrop
+	9,  // 8: loaderd.feed.v1.ImageTransform.random_horizontal_flip:type_name -> loaderd.feed.v1.ImageRandomHorizontalFlip
+	10, // 9: loaderd.feed.v1.ImageTransform.normalize:type_name -> loaderd.feed.v1.ImageNormalize
+	3,  // 10: loaderd.feed.v1.DescribeRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
+	15, // 11: loaderd.feed.v1.StreamRequest.open:type_name -> loaderd.feed.v1.OpenStream
+	16, // 12: loaderd.feed.v1.StreamRequest.ack:type_name -> loaderd.feed.v1.Ack
+	3,  // 13: loaderd.feed.v1.OpenStream.dataset:type_name -> loaderd.feed.v1.DatasetSpec
+	1,  // 14: loaderd.feed.v1.OpenStream.mode:type_name -> loaderd.feed.v1.ShardMode
+	2,  // 15: loaderd.feed.v1.OpenStream.transport:type_name -> loaderd.feed.v1.Transport
+	18, // 16: loaderd.feed.v1.StreamResponse.header:type_name -> loaderd.feed.v1.StreamHeader
+	19, // 17: loaderd.feed.v1.StreamResponse.batch:type_name -> loaderd.feed.v1.Batch
+	2,  // 18: loaderd.feed.v1.StreamHeader.transport:type_name -> loaderd.feed.v1.Transport
+	23, // 19: loaderd.feed.v1.StatusResponse.sessions:type_name -> loaderd.feed.v1.SessionStatus
+	22, // 20: loaderd.feed.v1.StatusResponse.plans:type_name -> loaderd.feed.v1.PlanStatus
+	15, // 21: loaderd.feed.v1.PlanRequest.open:type_name -> loaderd.feed.v1.OpenStream
+	12, // 22: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
+	14, // 23: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
+	20, // 24: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
+	24, // 25: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
+	26, // 26: loaderd.feed.v1.Feed.Plan:input_type -> loaderd.feed.v1.PlanRequest
+	13, // 27: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
+	17, // 28: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
+	21, // 29: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
+	25, // 30: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
+	27, // 31: loaderd.feed.v1.Feed.Plan:output_type -> loaderd.feed.v1.PlanResponse
+	27, // [27:32] is the sub-list for method output_type
+	22, // [22:27] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_loaderd_feed_v1_feed_proto_init() }
@@ -1677,11 +2240,18 @@ func file_loaderd_feed_v1_feed_proto_init() {
 	if File_loaderd_feed_v1_feed_proto != nil {
 		return
 	}
-	file_loaderd_feed_v1_feed_proto_msgTypes[4].OneofWrappers = []any{
+	file_loaderd_feed_v1_feed_proto_msgTypes[2].OneofWrappers = []any{
+		(*ImageTransform_RandomResizedCrop)(nil),
+		(*ImageTransform_Resize)(nil),
+		(*ImageTransform_CenterCrop)(nil),
+		(*ImageTransform_RandomHorizontalFlip)(nil),
+		(*ImageTransform_Normalize)(nil),
+	}
+	file_loaderd_feed_v1_feed_proto_msgTypes[11].OneofWrappers = []any{
 		(*StreamRequest_Open)(nil),
 		(*StreamRequest_Ack)(nil),
 	}
-	file_loaderd_feed_v1_feed_proto_msgTypes[7].OneofWrappers = []any{
+	file_loaderd_feed_v1_feed_proto_msgTypes[14].OneofWrappers = []any{
 		(*StreamResponse_Header)(nil),
 		(*StreamResponse_Batch)(nil),
 	}
@@ -1691,7 +2261,7 @@ func file_loaderd_feed_v1_feed_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loaderd_feed_v1_feed_proto_rawDesc), len(file_loaderd_feed_v1_feed_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   19,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
