@@ -244,11 +244,10 @@ func decodeImage(f Format, data []byte) (image.Image, error) {
 // isUnsupported reports the standard decoders' "valid but unsupported"
 // errors, which are distinct types in each package.
 func isUnsupported(err error) bool {
-	switch err.(type) {
-	case png.UnsupportedError, tiff.UnsupportedError, jpeg.UnsupportedError:
-		return true
-	}
-	return errors.Is(err, bmp.ErrUnsupported)
+	var pe png.UnsupportedError
+	var te tiff.UnsupportedError
+	var je jpeg.UnsupportedError
+	return errors.As(err, &pe) || errors.As(err, &te) || errors.As(err, &je) || errors.Is(err, bmp.ErrUnsupported)
 }
 
 // toRGB writes the pixels [x0, x1) × [y0, y1) of img as packed RGB. Alpha is

@@ -161,7 +161,7 @@ func indexTar(ctx context.Context, f File, info FileInfo) (*tarState, error) {
 			}
 			return nil, BadInput(info.URI, fmt.Sprintf("tar member %d (after byte %d)", n, at), err)
 		}
-		if h.Typeflag != tar.TypeReg && h.Typeflag != tar.TypeRegA {
+		if h.Typeflag != tar.TypeReg { // the reader turns old-style TypeRegA into TypeReg
 			continue // directories, links and the like carry no sample data
 		}
 		dir, base := path.Split(h.Name)
