@@ -160,14 +160,14 @@ static inline uint8_t ld_clip8(int32_t v) {
 }
 
 // ld_hrow3 is the horizontal pass over one RGB row with a fixed number of
-// taps, which the compiler unrolls for each ks it is inlined with.
+// taps, which the compiler unrolls for each kw it is inlined with.
 static inline __attribute__((always_inline)) void ld_hrow3(uint8_t *out, const uint8_t *line, int ow,
-		const int32_t *start, const int32_t *kp, const int ks) {
+		const int32_t *start, const int32_t *kp, const int kw) {
 	for (int x = 0; x < ow; x++) {
 		const uint8_t *p = line + (size_t)start[x] * 3;
-		const int32_t *kk = kp + (size_t)x * ks;
+		const int32_t *kk = kp + (size_t)x * kw;
 		int32_t s0 = LD_HALF, s1 = LD_HALF, s2 = LD_HALF;
-		for (int t = 0; t < ks; t++) {
+		for (int t = 0; t < kw; t++) {
 			int32_t w = kk[t];
 			s0 += p[3 * t] * w;
 			s1 += p[3 * t + 1] * w;
@@ -182,18 +182,27 @@ static inline __attribute__((always_inline)) void ld_hrow3(uint8_t *out, const u
 __attribute__((target_clones("avx2", "default")))
 static void ld_hpass(uint8_t *dst, size_t dstStride, const uint8_t *src, size_t srcStride,
 		int rows, int ow, int ch, const int32_t *bounds, const int32_t *k, int ks,
-		const int32_t *start, const int32_t *kp) {
+		const int32_t *start, const int32_t *kp, int kw) {
+	if (ch == 3 && start != NULL && kw >= 1 && kw <= 8) {
+		for (int y = 0; y < rows; y++) {
+			uint8_t *o = dst + (size_t)y * dstStride;
+			const uint8_t *l = src + (size_t)y * srcStride;
+			switch (kw) {
+			case 1: ld_hrow3(o, l, ow, start, kp, 1); break;
+			case 2: ld_hrow3(o, l, ow, start, kp, 2); break;
+			case 3: ld_hrow3(o, l, ow, start, kp, 3); break;
+			case 4: ld_hrow3(o, l, ow, start, kp, 4); break;
+			case 5: ld_hrow3(o, l, ow, start, kp, 5); break;
+			case 6: ld_hrow3(o, l, ow, start, kp, 6); break;
+			case 7: ld_hrow3(o, l, ow, start, kp, 7); break;
+			case 8: ld_hrow3(o, l, ow, start, kp, 8); break;
+			}
+		}
+		return;
+	}
 	for (int y = 0; y < rows; y++) {
 		const uint8_t *line = src + (size_t)y * srcStride;
 		uint8_t *out = dst + (size_t)y * dstStride;
-		if (ch == 3 && start != NULL) {
-			switch (ks) {
-			case 3: ld_hrow3(out, line, ow, start, kp, 3); continue;
-			case 5: ld_hrow3(out, line, ow, start, kp, 5); continue;
-			case 7: ld_hrow3(out, line, ow, start, kp, 7); continue;
-			case 9: ld_hrow3(out, line, ow, start, kp, 9); continue;
-			}
-		}
 		for (int x = 0; x < ow; x++) {
 			int n = bounds[2 * x + 1];
 			const int32_t *kk = k + (size_t)x * ks;
@@ -254,7 +263,7 @@ func cHPass(dst []byte, dstStride int, src []byte, srcStride, rows, ow, ch int, 
 		start, kp = i32(c.start), i32(c.kp)
 	}
 	C.ld_hpass(u8(dst), C.size_t(dstStride), u8(src), C.size_t(srcStride), C.int(rows), C.int(ow), C.int(ch),
-		i32(c.bounds), i32(c.k), C.int(c.ksize), start, kp)
+		i32(c.bounds), i32(c.k), C.int(c.ksize), start, kp, C.int(c.kw))
 }
 
 func cVPass(dst []byte, dstStride int, in []byte, inStride, rb, oh int, c *coeffs, acc []int32) {

@@ -15,15 +15,17 @@ const (
 
 // coeffs are one axis's weights: output pixel i reads n = bounds[2i+1] input
 // pixels from bounds[2i] on, with weights k[i*ksize:][:n]. The same weights
-// also come as exactly ksize taps from start[i] on, kp[i*ksize:] (zeros
-// added, windows at the far edge moved inward), so that a kernel can run a
-// loop of fixed length; fixed is false when the input is shorter than ksize.
+// also come as exactly kw taps (the most any output reads) from start[i] on,
+// kp[i*kw:] (zeros added, windows at the far edge moved inward), so that a
+// kernel can run a loop of fixed length; fixed is false when the input is
+// shorter than kw.
 type coeffs struct {
 	ksize  int
 	bounds []int32
 	k      []int32
 	fk     []float64
 	fixed  bool
+	kw     int
 	start  []int32
 	kp     []int32
 }
@@ -63,17 +65,21 @@ func (c *coeffs) compute(inSize int, in0, in1 float64, outSize int) {
 		}
 		c.bounds[2*xx], c.bounds[2*xx+1] = int32(xmin), int32(max(xmax, 0))
 	}
-	c.fixed = inSize >= c.ksize
+	c.kw = 1
+	for xx := range outSize {
+		c.kw = max(c.kw, int(c.bounds[2*xx+1]))
+	}
+	c.fixed = inSize >= c.kw
 	if !c.fixed {
 		return
 	}
 	c.start = grow(c.start, outSize)
-	c.kp = grow(c.kp, outSize*c.ksize)
+	c.kp = grow(c.kp, outSize*c.kw)
 	for xx := range outSize {
 		xmin, n := int(c.bounds[2*xx]), int(c.bounds[2*xx+1])
-		st := min(xmin, inSize-c.ksize)
+		st := min(xmin, inSize-c.kw)
 		c.start[xx] = int32(st)
-		kp := c.kp[xx*c.ksize : (xx+1)*c.ksize]
+		kp := c.kp[xx*c.kw : (xx+1)*c.kw]
 		clear(kp)
 		copy(kp[xmin-st:], c.k[xx*c.ksize:xx*c.ksize+n])
 	}
