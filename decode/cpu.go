@@ -10,7 +10,7 @@ import (
 	"image/jpeg"
 	"image/png"
 	"math"
-	"sync"
+	"runtime"
 	"unsafe"
 
 	"golang.org/x/image/bmp"
@@ -25,14 +25,16 @@ type CPU struct {
 	opts Options
 	// work recycles per-call scratch memory: decoded regions, resampling
 	// buffers. Writing into memory already in use is many times faster than
-	// into fresh memory on the machines we measured.
-	work sync.Pool
+	// into fresh memory on the machines we measured. A bounded free list
+	// rather than a sync.Pool, which every other GC empties: the daemon's
+	// batch traffic makes GCs frequent.
+	work chan *work
 }
 
 // NewCPU returns the CPU decoder.
 func NewCPU(opts Options) *CPU {
 	opts.ensureDefaults()
-	return &CPU{opts: opts, work: sync.Pool{New: func() any { return new(work) }}}
+	return &CPU{opts: opts, work: make(chan *work, 2*runtime.GOMAXPROCS(0))}
 }
 
 // Name implements Decoder.
@@ -46,8 +48,18 @@ func (d *CPU) Close() error { return nil }
 
 // Decode implements Decoder.
 func (d *CPU) Decode(ctx context.Context, p *Pipeline, samples []Sample, dst []byte, errs []error) {
-	w := d.work.Get().(*work)
-	defer d.work.Put(w)
+	var w *work
+	select {
+	case w = <-d.work:
+	default:
+		w = new(work)
+	}
+	defer func() {
+		select {
+		case d.work <- w:
+		default: // enough kept
+		}
+	}()
 	n := p.OutBytes()
 	for i, s := range samples {
 		if err := ctx.Err(); err != nil {

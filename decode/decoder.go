@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 )
 
 // Sample is one encoded image to decode.
@@ -91,6 +90,3 @@ func New(kind string, opts Options) (Decoder, string, error) {
 	}
 	return nil, "", fmt.Errorf("--decode %q: want cpu, gpu or auto", kind)
 }
-
-// DefaultWorkers is how many samples the daemon decodes at once by default.
-func DefaultWorkers() int { return runtime.GOMAXPROCS(0) }

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -275,3 +276,15 @@ def test_transform_arguments_checked() -> None:
     assert spec.image.transforms[0].resize.width == 0 and spec.image.seed == 0
     assert ds.shuffle(seed=5).resize((4, 4))._spec.to_proto().image.seed == 5
     assert not ds._spec.to_proto().HasField("image")  # no transform: encoded bytes
+
+
+def test_decode_flag(binary: str, tmp_path: Path) -> None:
+    """--decode gpu fails clearly where there is no GPU decoder; a bad value
+    is refused; cpu and auto start and say which decoder runs."""
+    base = [binary, "serve", "--socket", str(tmp_path / "d.sock"), "--data-root", str(tmp_path)]
+    r = subprocess.run([*base, "--decode", "gpu"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "GPU decoding is not available" in r.stderr
+    r = subprocess.run([*base, "--decode", "tpu"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "want cpu, gpu or auto" in r.stderr
+    with Daemon([str(tmp_path)], binary=binary, extra_args=["--decode", "cpu"]) as d:
+        assert "libjpeg-turbo" in d.log() or "Go image/jpeg" in d.log()
