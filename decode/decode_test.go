@@ -151,8 +151,8 @@ func TestKernelsAgree(t *testing.T) {
 		cx.compute(w, x0, x1, ow)
 		cy.compute(h, y0, y1, oh)
 		a, b := make([]byte, h*ow*ch), make([]byte, h*ow*ch)
-		goHPass(a, ow*ch, src, w*ch, h, ow, ch, &cx)
-		hpass(b, ow*ch, src, w*ch, h, ow, ch, &cx)
+		goHPass(a, ow*ch, src, w*ch, h, ow, ch, &cx, nil)
+		hpass(b, ow*ch, src, w*ch, h, ow, ch, &cx, &hscratch{})
 		if !bytes.Equal(a, b) {
 			t.Fatalf("horizontal pass differs (%dx%dx%d → %d)", w, h, ch, ow)
 		}

@@ -216,6 +216,27 @@ static void ld_hpass(uint8_t *dst, size_t dstStride, const uint8_t *src, size_t 
 	}
 }
 
+// ld_transpose3 writes the transpose of h rows of w RGB pixels: dst row x,
+// pixel y is src row y, pixel x. In tiles, so both sides stay in cache.
+static void ld_transpose3(uint8_t *dst, size_t dstStride, const uint8_t *src, size_t srcStride, int w, int h) {
+	enum { T = 16 };
+	for (int y0 = 0; y0 < h; y0 += T) {
+		int y1 = y0 + T < h ? y0 + T : h;
+		for (int x0 = 0; x0 < w; x0 += T) {
+			int x1 = x0 + T < w ? x0 + T : w;
+			for (int y = y0; y < y1; y++) {
+				const uint8_t *s = src + (size_t)y * srcStride;
+				for (int x = x0; x < x1; x++) {
+					uint8_t *d = dst + (size_t)x * dstStride + (size_t)y * 3;
+					d[0] = s[3 * x];
+					d[1] = s[3 * x + 1];
+					d[2] = s[3 * x + 2];
+				}
+			}
+		}
+	}
+}
+
 __attribute__((target_clones("avx2", "default")))
 static void ld_vpass(uint8_t *dst, size_t dstStride, const uint8_t *in, size_t inStride, int rb,
 		int oh, const int32_t *bounds, const int32_t *k, int ks, int32_t *acc) {
@@ -252,12 +273,30 @@ func u8(b []byte) *C.uint8_t { return (*C.uint8_t)(unsafe.Pointer(unsafe.SliceDa
 
 func i32(b []int32) *C.int32_t { return (*C.int32_t)(unsafe.Pointer(unsafe.SliceData(b))) }
 
-func cHPass(dst []byte, dstStride int, src []byte, srcStride, rows, ow, ch int, c *coeffs) {
+func cHPass(dst []byte, dstStride int, src []byte, srcStride, rows, ow, ch int, c *coeffs, s *hscratch) {
 	if rows == 0 || ow == 0 {
 		return
 	}
 	_ = dst[(rows-1)*dstStride+ow*ch-1] // the C loops stay inside both buffers
 	_ = src[(rows-1)*srcStride+int(c.bounds[2*ow-2]+c.bounds[2*ow-1])*ch-1]
+	if ch == 3 && rows >= 16 && s != nil {
+		// The horizontal pass as the vertical one (which GCC vectorizes) on
+		// the transposed rows, and back: the same sums, so the same bytes.
+		lo, hi := int(c.bounds[0]), int(c.bounds[2*ow-2]+c.bounds[2*ow-1])
+		w, rb := hi-lo, rows*3
+		s.t1 = grow(s.t1, w*rb)
+		s.t2 = grow(s.t2, ow*rb)
+		s.acc = grow(s.acc, rb)
+		s.b = grow(s.b, 2*ow)
+		for i := range ow {
+			s.b[2*i], s.b[2*i+1] = c.bounds[2*i]-int32(lo), c.bounds[2*i+1]
+		}
+		C.ld_transpose3(u8(s.t1), C.size_t(rb), u8(src[lo*3:]), C.size_t(srcStride), C.int(w), C.int(rows))
+		C.ld_vpass(u8(s.t2), C.size_t(rb), u8(s.t1), C.size_t(rb), C.int(rb), C.int(ow),
+			i32(s.b), i32(c.k), C.int(c.ksize), i32(s.acc))
+		C.ld_transpose3(u8(dst), C.size_t(dstStride), u8(s.t2), C.size_t(rb), C.int(rows), C.int(ow))
+		return
+	}
 	var start, kp *C.int32_t
 	if c.fixed {
 		start, kp = i32(c.start), i32(c.kp)

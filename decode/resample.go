@@ -108,6 +108,14 @@ type resampler struct {
 	cx, cy coeffs
 	tmp    []byte
 	acc    []int32
+	hs     hscratch
+}
+
+// hscratch is a horizontal kernel's own scratch memory.
+type hscratch struct {
+	t1, t2 []byte
+	acc    []int32
+	b      []int32
 }
 
 // pixels are packed pixels of ch bytes, rows stride bytes apart.
@@ -139,7 +147,7 @@ func (r *resampler) resample(dst []byte, dstStride int, src pixels, x0, y0, x1, 
 		r.cx.compute(src.w, x0, x1, ow)
 		rows := yLast - yFirst
 		r.tmp = grow(r.tmp, rows*rb)
-		hpass(r.tmp, rb, in, inStride, rows, ow, ch, &r.cx)
+		hpass(r.tmp, rb, in, inStride, rows, ow, ch, &r.cx, &r.hs)
 		in, inStride = r.tmp, rb
 	}
 	if !needV {
@@ -153,7 +161,7 @@ func (r *resampler) resample(dst []byte, dstStride int, src pixels, x0, y0, x1, 
 }
 
 // goHPass is the horizontal pass: rows of src resampled to ow pixels each.
-func goHPass(dst []byte, dstStride int, src []byte, srcStride, rows, ow, ch int, c *coeffs) {
+func goHPass(dst []byte, dstStride int, src []byte, srcStride, rows, ow, ch int, c *coeffs, _ *hscratch) {
 	for y := range rows {
 		line := src[y*srcStride:]
 		out := dst[y*dstStride : y*dstStride+ow*ch]
