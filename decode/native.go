@@ -56,7 +56,7 @@ static void ld_emit(j_common_ptr c, int level) {
 // A progressive JPEG can hold thousands of tiny scans, each a pass over the
 // whole image: a few kilobytes that take minutes to decode. libjpeg-turbo's
 // documented defence is a progress monitor that caps the scans.
-#define LD_MAX_SCANS 256
+#define LD_MAX_SCANS 64
 
 typedef struct {
 	struct jpeg_progress_mgr pub;
