@@ -105,7 +105,8 @@ type ClientBatch struct {
 	Seq, First, Next  int64
 	Padding, IPCBytes int64
 	// Shm is whether the batch came through the shared-memory ring.
-	Shm bool
+	Shm     bool
+	Skipped int64 // samples left out: their image did not decode
 }
 
 // Stream opens a session and returns its reader; Close it when done.
@@ -255,7 +256,8 @@ func (r *BatchReader) Next() (*ClientBatch, error) {
 		_ = r.acks.Ack(b.GetSeq())
 	}
 	return &ClientBatch{Record: rec, Seq: b.GetSeq(), First: b.GetFirstSample(), Next: b.GetNextSample(),
-		Padding: b.GetPaddingRows(), IPCBytes: int64(len(msg)), Shm: b.GetShm() != nil}, nil
+		Padding: b.GetPaddingRows(), IPCBytes: int64(len(msg)), Shm: b.GetShm() != nil,
+		Skipped: b.GetSkippedSamples()}, nil
 }
 
 // Close ends the session.

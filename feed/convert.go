@@ -1,6 +1,7 @@
 package feed
 
 import (
+	"github.com/loaderd/loaderd/decode"
 	feedv1 "github.com/loaderd/loaderd/feed/api/loaderd/feed/v1"
 	"github.com/loaderd/loaderd/shard"
 )
@@ -20,7 +21,56 @@ func specFromProto(d *feedv1.DatasetSpec) shard.Spec {
 	if d.GetOnError() == feedv1.OnError_ON_ERROR_SKIP {
 		s.OnError = shard.Skip
 	}
+	if im := d.GetImage(); im != nil {
+		s.Image = imageFromProto(im)
+	}
 	return s
+}
+
+func imageFromProto(im *feedv1.ImageDecode) *decode.Spec {
+	s := &decode.Spec{Column: im.GetColumn(), Seed: im.GetSeed()}
+	for _, t := range im.GetTransforms() {
+		var op decode.Op
+		switch o := t.GetOp().(type) {
+		case *feedv1.ImageTransform_RandomResizedCrop:
+			c := o.RandomResizedCrop
+			op = decode.Op{Kind: decode.RandomResizedCrop, Height: int(c.GetHeight()), Width: int(c.GetWidth()),
+				Scale: [2]float64{c.GetScaleMin(), c.GetScaleMax()}, Ratio: [2]float64{c.GetRatioMin(), c.GetRatioMax()}}
+		case *feedv1.ImageTransform_Resize:
+			op = decode.Op{Kind: decode.Resize, Height: int(o.Resize.GetHeight()), Width: int(o.Resize.GetWidth())}
+		case *feedv1.ImageTransform_CenterCrop:
+			op = decode.Op{Kind: decode.CenterCrop, Height: int(o.CenterCrop.GetHeight()), Width: int(o.CenterCrop.GetWidth())}
+		case *feedv1.ImageTransform_RandomHorizontalFlip:
+			op = decode.Op{Kind: decode.RandomHorizontalFlip, P: o.RandomHorizontalFlip.GetP()}
+		case *feedv1.ImageTransform_Normalize:
+			op = decode.Op{Kind: decode.Normalize, Mean: o.Normalize.GetMean(), Std: o.Normalize.GetStd()}
+		}
+		s.Ops = append(s.Ops, op)
+	}
+	return s
+}
+
+func imageToProto(s *decode.Spec) *feedv1.ImageDecode {
+	im := &feedv1.ImageDecode{Column: s.Column, Seed: s.Seed}
+	for _, op := range s.Ops {
+		t := &feedv1.ImageTransform{}
+		h, w := int32(op.Height), int32(op.Width)
+		switch op.Kind {
+		case decode.RandomResizedCrop:
+			t.Op = &feedv1.ImageTransform_RandomResizedCrop{RandomResizedCrop: &feedv1.ImageRandomResizedCrop{
+				Height: h, Width: w, ScaleMin: op.Scale[0], ScaleMax: op.Scale[1], RatioMin: op.Ratio[0], RatioMax: op.Ratio[1]}}
+		case decode.Resize:
+			t.Op = &feedv1.ImageTransform_Resize{Resize: &feedv1.ImageResize{Height: h, Width: w}}
+		case decode.CenterCrop:
+			t.Op = &feedv1.ImageTransform_CenterCrop{CenterCrop: &feedv1.ImageCenterCrop{Height: h, Width: w}}
+		case decode.RandomHorizontalFlip:
+			t.Op = &feedv1.ImageTransform_RandomHorizontalFlip{RandomHorizontalFlip: &feedv1.ImageRandomHorizontalFlip{P: op.P}}
+		case decode.Normalize:
+			t.Op = &feedv1.ImageTransform_Normalize{Normalize: &feedv1.ImageNormalize{Mean: op.Mean, Std: op.Std}}
+		}
+		im.Transforms = append(im.Transforms, t)
+	}
+	return im
 }
 
 func specToProto(s shard.Spec) *feedv1.DatasetSpec {
@@ -30,6 +80,9 @@ func specToProto(s shard.Spec) *feedv1.DatasetSpec {
 	}
 	if s.OnError == shard.Skip {
 		d.OnError = feedv1.OnError_ON_ERROR_SKIP
+	}
+	if s.Image != nil {
+		d.Image = imageToProto(s.Image)
 	}
 	return d
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/validator"
 	"github.com/loaderd/loaderd/cache"
+	"github.com/loaderd/loaderd/decode"
 	feedv1 "github.com/loaderd/loaderd/feed/api/loaderd/feed/v1"
 	"github.com/loaderd/loaderd/feed/internal/shm"
 	"github.com/loaderd/loaderd/prefetch"
@@ -159,6 +160,8 @@ type Deps struct {
 	// Cache, when set, holds decoded blocks for every session.
 	Cache   *cache.Cache
 	Metrics *prefetch.Metrics
+	// Decoder decodes images for specs that ask for it (default: the CPU).
+	Decoder decode.Decoder
 	Logger  *slog.Logger
 }
 
@@ -167,6 +170,7 @@ type Server struct {
 	opts     Options
 	log      *slog.Logger
 	pool     *prefetch.Pool
+	decoder  decode.Decoder
 	mem      memory.Allocator
 	memory   *prefetch.Memory
 	cache    *cache.Cache
@@ -205,8 +209,12 @@ func NewServer(opts Options, deps Deps) (*Server, error) {
 			deps.Mem = deps.Memory
 		}
 	}
+	if deps.Decoder == nil {
+		deps.Decoder = decode.NewCPU(decode.Options{})
+	}
 	s := &Server{
 		opts: opts, log: deps.Logger, pool: deps.Pool, mem: deps.Mem, memory: deps.Memory, cache: deps.Cache,
+		decoder: deps.Decoder,
 		sched: prefetch.NewScheduler(prefetch.SchedulerOptions{
 			Pool: deps.Pool, Memory: deps.Memory, Metrics: deps.Metrics, Logger: deps.Logger,
 			LookaheadTTL: opts.LookaheadTTL, MaxPrepared: opts.MaxPrepared,

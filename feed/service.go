@@ -5,6 +5,8 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/loaderd/loaderd/decode"
 	feedv1 "github.com/loaderd/loaderd/feed/api/loaderd/feed/v1"
 	"github.com/loaderd/loaderd/prefetch"
 	"github.com/loaderd/loaderd/shard"
@@ -23,7 +25,11 @@ func (v *service) Describe(ctx context.Context, req *feedv1.DescribeRequest) (*f
 	if err != nil {
 		return nil, err
 	}
-	sc, err := encodeSchema(ds.Schema())
+	schema, _, err := v.s.images(ds, spec, 0)
+	if err != nil {
+		return nil, err
+	}
+	sc, err := encodeSchema(schema)
 	if err != nil {
 		return nil, err
 	}
@@ -74,7 +80,7 @@ func (v *service) share(ctx context.Context, open *feedv1.OpenStream) (*shard.Da
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	plan, err := shard.NewEpochPlan(ds.BlockRows(), spec.Shuffle, open.GetEpoch(), int(open.GetWorldSize()), modeFromProto(open.GetMode()))
+	plan, err := ds.EpochPlan(spec.Shuffle, open.GetEpoch(), int(open.GetWorldSize()), modeFromProto(open.GetMode()))
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -98,8 +104,9 @@ func (v *service) Plan(ctx context.Context, req *feedv1.PlanRequest) (*feedv1.Pl
 
 // request describes the session's epoch to the scheduler: what identifies
 // its batches (so that a prepared epoch can be claimed), where its blocks
-// come from, and how to plan any epoch of it.
-func (v *service) request(ds *shard.Dataset, spec shard.Spec, open *feedv1.OpenStream) prefetch.Request {
+// come from, how to plan any epoch of it, and the images to decode (nil:
+// none).
+func (v *service) request(ds *shard.Dataset, spec shard.Spec, open *feedv1.OpenStream, images *prefetch.Images) prefetch.Request {
 	rank, world, mode := int(open.GetRank()), int(open.GetWorldSize()), modeFromProto(open.GetMode())
 	key := prefetch.EpochKey{
 		Dataset: ds, Rank: rank, World: world, Mode: mode, Epoch: open.GetEpoch(),
@@ -115,12 +122,31 @@ func (v *service) request(ds *shard.Dataset, spec shard.Spec, open *feedv1.OpenS
 	return prefetch.Request{
 		Key: key, Source: src, From: open.GetStartSample(),
 		Plan: func(epoch int64) (*shard.RankPlan, error) {
-			plan, err := shard.NewEpochPlan(ds.BlockRows(), spec.Shuffle, epoch, world, mode)
+			plan, err := ds.EpochPlan(spec.Shuffle, epoch, world, mode)
 			if err != nil {
 				return nil, err
 			}
 			return plan.Rank(rank)
 		},
-		Options: prefetch.Options{Ahead: v.s.opts.Ahead, ReadAhead: v.s.opts.ReadAhead, OnError: spec.OnError},
+		Options: prefetch.Options{
+			Ahead: v.s.opts.Ahead, ReadAhead: v.s.opts.ReadAhead, OnError: spec.OnError, Images: images,
+		},
 	}
+}
+
+// images returns the schema of a spec's batches and, when the spec decodes
+// images, the stream's image stage for an epoch.
+func (s *Server) images(ds *shard.Dataset, spec shard.Spec, epoch int64) (*arrow.Schema, *prefetch.Images, error) {
+	if spec.Image == nil {
+		return ds.Schema(), nil, nil
+	}
+	p, err := decode.Compile(*spec.Image)
+	if err != nil {
+		return nil, nil, shard.Invalidf("%v", err)
+	}
+	sc, col, err := prefetch.ImageSchema(ds.Schema(), spec.Image.Column, p)
+	if err != nil {
+		return nil, nil, err
+	}
+	return sc, &prefetch.Images{Column: col, Pipeline: p, Decoder: s.decoder, Epoch: epoch, Rows: ds}, nil
 }

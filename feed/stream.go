@@ -33,6 +33,10 @@ func (v *service) Stream(stream feedv1.Feed_StreamServer) error {
 	if err != nil {
 		return err
 	}
+	_, images, err := v.s.images(ds, spec, open.GetEpoch())
+	if err != nil {
+		return err
+	}
 	planFP := ds.PlanFingerprint(plan)
 	want, owner, err := v.s.chooseTransport(ctx, transportFromProto(open.GetTransport()))
 	if err != nil {
@@ -45,7 +49,7 @@ func (v *service) Stream(stream feedv1.Feed_StreamServer) error {
 	stop := context.AfterFunc(v.s.base, func() { cancel(nil) })
 	defer stop()
 
-	ps, err := v.s.sched.Open(v.request(ds, spec, open))
+	ps, err := v.s.sched.Open(v.request(ds, spec, open, images))
 	if err != nil {
 		return err
 	}
@@ -96,7 +100,7 @@ func (v *service) Stream(stream feedv1.Feed_StreamServer) error {
 	}
 	sess.transport.Store(int32(used))
 
-	sc, err := encodeSchema(ds.Schema())
+	sc, err := encodeSchema(ps.Schema())
 	if err != nil {
 		return err
 	}
@@ -129,7 +133,7 @@ func (v *service) Stream(stream feedv1.Feed_StreamServer) error {
 		return err
 	}
 	log.Debug("session done", "batches", sess.batches.Load(), "skipped_blocks", ps.Skipped(),
-		"inline", sess.inline.Load(), "stall", ps.Stall())
+		"skipped_samples", ps.SkippedSamples(), "inline", sess.inline.Load(), "stall", ps.Stall())
 	return nil
 }
 
@@ -268,7 +272,7 @@ func (s *sender) send(ctx context.Context, b *prefetch.Batch) error {
 	}
 	defer p.Release()
 	msg := &feedv1.Batch{Seq: b.Seq, FirstSample: b.First, NextSample: b.Next, NumRows: b.Record.NumRows(),
-		PaddingRows: b.Padding}
+		PaddingRows: b.Padding, SkippedSamples: b.Skipped}
 	if s.ring != nil && n >= s.minBytes {
 		slot, err := s.ring.Alloc(ctx, b.Seq, n, s.patience)
 		switch {

@@ -12,12 +12,14 @@ import (
 
 // piece is rows of one record batch on their way into batches: the rows
 // idx of rec in that order, or all of rec's rows when idx is nil. planned[t]
-// is the planned sample index of the piece's t-th row. A piece owns one
+// is the planned sample index of the piece's t-th row, and refs[t] (kept
+// only when images are decoded) its block and row there. A piece owns one
 // reference to rec.
 type piece struct {
 	rec     arrow.RecordBatch
 	idx     []int32
 	planned []int64
+	refs    []rowRef
 	padding bool
 }
 
@@ -27,6 +29,9 @@ func (p piece) rows() int { return len(p.planned) }
 func (p piece) split(n int) (piece, piece) {
 	head, tail := p, p
 	head.planned, tail.planned = p.planned[:n], p.planned[n:]
+	if p.refs != nil {
+		head.refs, tail.refs = p.refs[:n], p.refs[n:]
+	}
 	if p.idx != nil {
 		head.idx, tail.idx = p.idx[:n], p.idx[n:]
 		p.rec.Retain()
@@ -60,6 +65,7 @@ type batcher struct {
 	ctx     context.Context
 	opts    *Options
 	emit    func(*Batch) error
+	images  *imageStage // nil: none to decode
 	pending []piece
 	rows    int
 	seq     int64
@@ -103,15 +109,17 @@ func (b *batcher) cut(n int) error {
 		got += p.rows()
 	}
 	b.rows -= n
-	bt := &Batch{Seq: b.seq, First: take[0].planned[0]}
+	bt := &Batch{First: take[0].planned[0]}
 	last := take[len(take)-1]
 	bt.Next = last.planned[len(last.planned)-1] + 1
 	recs := make([]arrow.RecordBatch, 0, len(take))
+	var refs []rowRef
 	var err error
 	for i, p := range take {
 		if p.padding {
 			bt.Padding += int64(p.rows())
 		}
+		refs = append(refs, p.refs...)
 		var r arrow.RecordBatch
 		if r, err = p.materialize(b.ctx, b.opts.Mem); err != nil {
 			for _, q := range take[i+1:] {
@@ -130,6 +138,15 @@ func (b *batcher) cut(n int) error {
 	if err != nil {
 		return err
 	}
+	if b.images != nil {
+		// A batch whose every image was skipped still goes out, with no
+		// rows: it carries the count and the resume point.
+		if err := b.images.apply(b.ctx, bt, refs); err != nil {
+			bt.Record.Release()
+			return err
+		}
+	}
+	bt.Seq = b.seq
 	b.seq++
 	return b.emit(bt)
 }

@@ -294,7 +294,7 @@ func (p *producer) assemble(ctx context.Context, jobs <-chan job) error {
 		}
 		held.release()
 	}()
-	b := &batcher{ctx: ctx, opts: &p.opts, emit: func(bt *Batch) error {
+	b := &batcher{ctx: ctx, opts: &p.opts, images: p.images, emit: func(bt *Batch) error {
 		select {
 		case p.s.out <- item{b: bt}:
 			return nil
@@ -376,7 +376,14 @@ func (p *producer) window(w shard.Window, futs []*future, b *batcher) error {
 			for t := range planned {
 				planned[t] = w.First + lo + int64(t)
 			}
-			if err := b.add(piece{rec: rec, planned: planned, padding: w.Padding}); err != nil {
+			var refs []rowRef
+			if p.images != nil {
+				refs = make([]rowRef, hi-lo)
+				for t := range refs {
+					refs[t] = rowRef{block: s.Block, row: s.Lo + lo - offs[i] + int64(t)}
+				}
+			}
+			if err := b.add(piece{rec: rec, planned: planned, refs: refs, padding: w.Padding}); err != nil {
 				return err
 			}
 		}
@@ -407,6 +414,7 @@ func (p *producer) window(w shard.Window, futs []*future, b *batcher) error {
 	}
 	idx := make([]int32, 0, w.Len-skip)
 	planned := make([]int64, 0, w.Len-skip)
+	var refs []rowRef
 	for t := skip; t < w.Len; t++ {
 		src := int64(w.Perm[t])
 		i := sort.Search(len(w.Segments), func(i int) bool { return offs[i+1] > src })
@@ -415,6 +423,9 @@ func (p *producer) window(w shard.Window, futs []*future, b *batcher) error {
 		}
 		idx = append(idx, int32(woff[i]+src-offs[i]))
 		planned = append(planned, w.First+t)
+		if p.images != nil {
+			refs = append(refs, rowRef{block: w.Segments[i].Block, row: w.Segments[i].Lo + src - offs[i]})
+		}
 	}
-	return b.add(piece{rec: whole, idx: idx, planned: planned, padding: w.Padding})
+	return b.add(piece{rec: whole, idx: idx, planned: planned, refs: refs, padding: w.Padding})
 }

@@ -147,6 +147,12 @@ func (s *Scheduler) start(req Request, plan *shard.RankPlan, ahead bool) (*Strea
 		o.Logger = s.opts.Logger
 	}
 	o.Lane = nil // each stream is served in turn with the others
+	if o.Images != nil {
+		// A prepared epoch's transforms draw that epoch's randomness.
+		im := *o.Images
+		im.Epoch = req.Key.Epoch
+		o.Images = &im
+	}
 	if s.isClosed() {
 		return nil, nil, ErrClosed
 	}

@@ -35,7 +35,9 @@ type Options struct {
 	// ReadAhead is how many blocks this stream reads at once (default 4).
 	ReadAhead int
 	OnError   shard.OnError
-	Pool      *Pool
+	// Images, if set, decodes a column of images in every batch.
+	Images *Images
+	Pool   *Pool
 	// Lane is the stream's queue on Pool (default: a lane of its own).
 	Lane *Lane
 	// Memory, when set, is the budget that reads wait for, and the default
@@ -82,6 +84,10 @@ type Batch struct {
 	First, Next int64
 	// Padding is how many trailing rows repeat earlier samples (even mode).
 	Padding int64
+	// Skipped is how many of the batch's samples were left out because
+	// their image did not decode (OnError Skip); a batch may then have no
+	// rows at all.
+	Skipped int64
 	Record  arrow.RecordBatch
 }
 
@@ -103,6 +109,10 @@ type Stream struct {
 	inflight atomic.Int64
 	// prepared: started ahead by a Scheduler, before any session asked.
 	prepared bool
+	// skippedSamples: samples left out because their image did not decode.
+	skippedSamples atomic.Int64
+	schema         *arrow.Schema
+	pixels         *pixelBuffers // the image stage's, if any
 }
 
 type item struct {
@@ -128,10 +138,18 @@ func start(ctx context.Context, src Source, plan *shard.RankPlan, from int64, op
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	s := &Stream{out: make(chan item, opts.Ahead), cancel: cancel, plan: plan, from: from, metrics: opts.Metrics,
-		mem: opts.Memory}
+		mem: opts.Memory, schema: src.Schema()}
 	p := &producer{src: src, plan: plan, from: from, opts: opts, s: s, onLast: onLast}
 	if sz, ok := src.(Sizer); ok {
 		p.sizer = sz
+	}
+	if opts.Images != nil {
+		st, err := newImageStage(opts.Images, src, &p.opts, func(n int64) { s.skippedSamples.Add(n) })
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		p.images, s.schema, s.pixels = st, st.schema, st.buffers
 	}
 	s.wg.Go(func() { p.run(ctx) })
 	return s, nil
@@ -192,6 +210,13 @@ func (s *Stream) Stall() time.Duration { return time.Duration(s.stallNs.Load()) 
 // Skipped is the number of blocks skipped as bad input so far.
 func (s *Stream) Skipped() int64 { return s.skipped.Load() }
 
+// SkippedSamples is the number of samples left out so far because their
+// image did not decode.
+func (s *Stream) SkippedSamples() int64 { return s.skippedSamples.Load() }
+
+// Schema is the schema of the stream's batches.
+func (s *Stream) Schema() *arrow.Schema { return s.schema }
+
 // Close stops the stream, waits for its goroutines and releases what it held.
 func (s *Stream) Close() {
 	s.cancel()
@@ -200,6 +225,9 @@ func (s *Stream) Close() {
 		if it.b != nil {
 			it.b.Record.Release()
 		}
+	}
+	if s.pixels != nil {
+		s.pixels.close()
 	}
 }
 
@@ -241,4 +269,5 @@ type producer struct {
 	ratio atomic.Int64 // fixed point, 1/1024
 	// rowBytes is decoded bytes per row, learned likewise.
 	rowBytes atomic.Int64
+	images   *imageStage // nil: no images to decode
 }

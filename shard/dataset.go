@@ -2,9 +2,12 @@ package shard
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/memory"
@@ -38,6 +41,9 @@ type Dataset struct {
 	// decoding names what shapes a decoded block besides its bytes: the
 	// format, the columns and the options.
 	decoding string
+	// firstRow[i] is block i's first row in the dataset: rows are numbered
+	// in file order, which is what the image transforms' randomness keys on.
+	firstRow []int64
 }
 
 // OpenOptions are the dependencies of Open.
@@ -58,6 +64,9 @@ func Open(ctx context.Context, spec Spec, opts OpenOptions) (*Dataset, error) {
 	format, ok := opts.Formats[spec.Format]
 	if !ok {
 		return nil, Invalidf("unknown format %q", spec.Format)
+	}
+	if tf, ok := format.(TreeFormat); ok {
+		return openTree(ctx, spec, opts, tf)
 	}
 	infos, err := List(ctx, spec, opts.Store)
 	if err != nil {
@@ -108,16 +117,57 @@ func Open(ctx context.Context, spec Spec, opts OpenOptions) (*Dataset, error) {
 			d.Skipped = append(d.Skipped, err)
 			continue
 		}
-		fi := len(d.Files)
-		d.Files = append(d.Files, m)
-		for bi, b := range m.Blocks {
-			d.Blocks = append(d.Blocks, BlockRef{File: fi, Index: bi, Rows: b.Rows})
-			d.Rows += b.Rows
-		}
+		d.add(m)
 	}
 	if d.schema == nil {
 		return nil, errors.Join(append([]error{fmt.Errorf("%w: no readable files", ErrBadInput)}, d.Skipped...)...)
 	}
+	d.digest = d.contentDigest()
+	return d, nil
+}
+
+// add appends an inspected file and its blocks.
+func (d *Dataset) add(m *FileMeta) {
+	fi := len(d.Files)
+	d.Files = append(d.Files, m)
+	for bi, b := range m.Blocks {
+		d.Blocks = append(d.Blocks, BlockRef{File: fi, Index: bi, Rows: b.Rows})
+		d.firstRow = append(d.firstRow, d.Rows)
+		d.Rows += b.Rows
+	}
+}
+
+// openTree opens a dataset of a tree format: one directory, listed once.
+func openTree(ctx context.Context, spec Spec, opts OpenOptions, tf TreeFormat) (*Dataset, error) {
+	if len(spec.URIs) != 1 || strings.ContainsAny(spec.URIs[0], "*?[{") {
+		return nil, Invalidf("%s datasets read one directory, got %q", tf.Name(), spec.URIs)
+	}
+	root := strings.TrimSuffix(spec.URIs[0], "/")
+	infos, err := List(ctx, spec, opts.Store)
+	if err != nil {
+		return nil, err
+	}
+	if len(infos) == 1 && infos[0].URI == root {
+		return nil, Invalidf("%s is a file; %s datasets read a directory", root, tf.Name())
+	}
+	// The tree's version changes whenever any file's does.
+	h := sha256.New()
+	var size int64
+	for _, f := range infos {
+		fmt.Fprintf(h, "%s\x00%s\x00", f.URI, f.Version)
+		size += f.Size
+	}
+	info := FileInfo{URI: root, Size: size, Version: hex.EncodeToString(h.Sum(nil)[:16])}
+	m, err := tf.InspectTree(ctx, info, infos, spec.Options)
+	if err != nil {
+		return nil, err
+	}
+	sc, err := Project(m.Schema, nilIfEmpty(spec.Columns))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", root, err)
+	}
+	d := &Dataset{Spec: spec, schema: sc, Listed: infos, store: opts.Store, format: tf}
+	d.add(m)
 	d.digest = d.contentDigest()
 	return d, nil
 }
@@ -176,12 +226,18 @@ func (d *Dataset) BlockRows() []int64 {
 func (d *Dataset) ReadBlock(ctx context.Context, i int, mem memory.Allocator) (arrow.RecordBatch, error) {
 	b := d.Blocks[i]
 	m := d.Files[b.File]
-	f, err := d.store.Open(ctx, m.Info)
-	if err != nil {
-		return nil, err
+	var rec arrow.RecordBatch
+	var err error
+	if tf, ok := d.format.(TreeFormat); ok {
+		rec, err = tf.ReadTreeBlock(ctx, d.store, m, b.Index, nilIfEmpty(d.Spec.Columns), mem)
+	} else {
+		var f File
+		if f, err = d.store.Open(ctx, m.Info); err != nil {
+			return nil, err
+		}
+		rec, err = d.format.ReadBlock(ctx, f, m, b.Index, nilIfEmpty(d.Spec.Columns), mem)
+		f.Close()
 	}
-	defer f.Close()
-	rec, err := d.format.ReadBlock(ctx, f, m, b.Index, nilIfEmpty(d.Spec.Columns), mem)
 	if err != nil {
 		return nil, err
 	}
@@ -212,8 +268,53 @@ func (d *Dataset) BlockBytes(i int) int64 {
 // decodingID is a short digest of the parts of a spec that shape decoding.
 func decodingID(spec Spec) string {
 	canon := spec
-	canon.URIs, canon.Shuffle, canon.OnError = nil, nil, Raise
+	// Images are decoded after blocks are read: a block is the same
+	// whatever is done to its images.
+	canon.URIs, canon.Shuffle, canon.OnError, canon.Image = nil, nil, Raise, nil
 	return canon.Fingerprint()
+}
+
+// RowID numbers row r of block i in the whole dataset, in file order: a
+// sample's identity whatever the shuffle and the world size.
+func (d *Dataset) RowID(i int, r int64) int64 { return d.firstRow[i] + r }
+
+// RowPlace names the file and the place in it of row r of block i.
+func (d *Dataset) RowPlace(i int, r int64) (file, where string) {
+	b := d.Blocks[i]
+	m := d.Files[b.File]
+	if n, ok := d.format.(RowNamer); ok {
+		return n.RowPlace(m, b.Index, r)
+	}
+	return m.Info.URI, fmt.Sprintf("block %d, row %d", b.Index, r)
+}
+
+// Window bytes: when a plan's window is not set, a window holds about this
+// many bytes of input (and at least MinWindowRows, at most
+// DefaultWindowRows rows). A window's blocks are read ahead together, so
+// for images, at a hundred kilobytes a row, this is what bounds a session's
+// read-ahead.
+const (
+	WindowBytes   = 64 << 20
+	MinWindowRows = 256
+)
+
+// EpochPlan is NewEpochPlan over the dataset's blocks, with windows sized to
+// its rows' bytes unless the shuffle names a window.
+func (d *Dataset) EpochPlan(shuffle *Shuffle, epoch int64, world int, mode Mode) (*EpochPlan, error) {
+	p, err := NewEpochPlan(d.BlockRows(), shuffle, epoch, world, mode)
+	if err != nil {
+		return nil, err
+	}
+	var bytes int64
+	for _, b := range d.Blocks {
+		bytes += d.Files[b.File].Blocks[b.Index].Length
+	}
+	p.window = DefaultWindowRows
+	if d.Rows > 0 && bytes > 0 {
+		perRow := max(bytes/d.Rows, 1)
+		p.window = min(max(WindowBytes/perRow, MinWindowRows), DefaultWindowRows)
+	}
+	return p, nil
 }
 
 // BlockURI names block i's file, for errors and metrics.

@@ -42,7 +42,7 @@ func (d *Dataset) PlanFingerprint(p *EpochPlan) string {
 	h.Write(d.digest[:])
 	writeUint(h, planAlgorithm, uint64(p.world), uint64(p.mode), uint64(p.epoch))
 	if p.shuffle != nil {
-		writeUint(h, 1, p.shuffle.Seed, uint64(p.shuffle.windowRows()))
+		writeUint(h, 1, p.shuffle.Seed, uint64(p.windowRows()))
 	} else {
 		writeUint(h, 0)
 	}

@@ -38,13 +38,33 @@ type Format interface {
 	ReadBlock(ctx context.Context, f File, meta *FileMeta, block int, columns []string, mem memory.Allocator) (arrow.RecordBatch, error)
 }
 
+// A TreeFormat reads a directory tree as one unit rather than file by file:
+// an image folder, whose labels are its subfolders' names. Open lists the
+// tree once and InspectTree lays its files out in blocks of many files;
+// ReadTreeBlock reads a block's files through the store. A dataset of a tree
+// format names exactly one directory; Inspect and ReadBlock are not used.
+type TreeFormat interface {
+	Format
+	// InspectTree lays out files (every regular file under root, sorted by
+	// URI) in blocks. The FileMeta's Info is root's.
+	InspectTree(ctx context.Context, root FileInfo, files []FileInfo, opts map[string]string) (*FileMeta, error)
+	ReadTreeBlock(ctx context.Context, store Store, meta *FileMeta, block int, columns []string, mem memory.Allocator) (arrow.RecordBatch, error)
+}
+
+// A RowNamer names where one row came from as precisely as its format can
+// (an image file, a tar member), for errors about that row found after
+// reading, such as an image that does not decode.
+type RowNamer interface {
+	RowPlace(meta *FileMeta, block int, row int64) (file, where string)
+}
+
 // Formats maps format names to implementations.
 type Formats map[string]Format
 
 // DefaultFormats returns every format this build reads.
 func DefaultFormats() Formats {
 	fs := Formats{}
-	for _, f := range []Format{Parquet{}} {
+	for _, f := range []Format{Parquet{}, Images{}, WebDataset{}} {
 		fs[f.Name()] = f
 	}
 	return fs

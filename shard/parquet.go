@@ -147,3 +147,8 @@ func (Parquet) ReadBlock(ctx context.Context, f File, meta *FileMeta, block int,
 		return reorder(rec, columns)
 	})
 }
+
+// RowPlace implements RowNamer.
+func (Parquet) RowPlace(meta *FileMeta, block int, row int64) (string, string) {
+	return meta.Info.URI, fmt.Sprintf("row group %d, row %d", block, row)
+}

@@ -41,6 +41,10 @@ type EpochPlan struct {
 	mode    Mode
 	shuffle *Shuffle
 	epoch   int64
+	// window is the window length when the shuffle names none (or there is
+	// no shuffle); 0 means DefaultWindowRows. Datasets of large rows use
+	// shorter windows: a window's blocks are read ahead together.
+	window int64
 }
 
 // NewEpochPlan computes an epoch plan.
@@ -121,9 +125,15 @@ func (rp *RankPlan) Padding() int64 { return rp.count - rp.real }
 
 // WindowRows is the window length of this plan (the shuffle window, or a
 // fixed span when unshuffled).
-func (rp *RankPlan) WindowRows() int64 {
-	if rp.plan.shuffle != nil {
-		return rp.plan.shuffle.windowRows()
+func (rp *RankPlan) WindowRows() int64 { return rp.plan.windowRows() }
+
+// windowRows is the shuffle's window, else the plan's, else the default.
+func (p *EpochPlan) windowRows() int64 {
+	if p.shuffle != nil && p.shuffle.WindowRows > 0 {
+		return p.shuffle.WindowRows
+	}
+	if p.window > 0 {
+		return p.window
 	}
 	return DefaultWindowRows
 }

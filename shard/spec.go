@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"path"
 	"slices"
+
+	"github.com/loaderd/loaderd/decode"
 )
 
 // DefaultWindowRows is the shuffle window when a spec names none. Rows are
@@ -38,6 +40,9 @@ type Spec struct {
 	Shuffle *Shuffle          // nil: file order
 	OnError OnError           // Raise or Skip
 	Options map[string]string // format-specific
+	// Image decodes a column of encoded images and transforms them; nil
+	// leaves every column as read.
+	Image *decode.Spec
 }
 
 // Validate checks the spec's shape; whether files exist is checked on Open.
@@ -69,19 +74,20 @@ func (s *Spec) Validate() error {
 	if s.OnError != Raise && s.OnError != Skip {
 		return Invalidf("unknown on_error %d", s.OnError)
 	}
+	if s.Image != nil {
+		if err := s.Image.Validate(); err != nil {
+			return Invalidf("%v", err)
+		}
+		if len(s.Columns) > 0 && !slices.Contains(s.Columns, s.Image.Column) {
+			return Invalidf("decode_image column %q is not among the selected columns %q", s.Image.Column, s.Columns)
+		}
+	}
 	return nil
 }
 
-// WindowRows is the effective shuffle window.
-func (s *Shuffle) windowRows() int64 {
-	if s.WindowRows > 0 {
-		return s.WindowRows
-	}
-	return DefaultWindowRows
-}
-
-// Fingerprint identifies the data a spec reads (not its order): two specs with
-// the same fingerprint yield the same rows and can share opened metadata.
+// Fingerprint identifies the data a spec reads (not its order, nor how images
+// are decoded): two specs with the same fingerprint yield the same rows and
+// can share opened metadata.
 func (s *Spec) Fingerprint() string {
 	canon := struct {
 		Format  string

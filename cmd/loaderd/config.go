@@ -43,6 +43,7 @@ type Config struct {
 	// default is half of it, or less when that does not fit).
 	CacheBytes Size       `yaml:"cache-bytes"`
 	Workers    int        `yaml:"workers"`
+	Decode     string     `yaml:"decode"`
 	LogLevel   slog.Level `yaml:"log-level"`
 	AllowUIDs  []string   `yaml:"allow-uid"`
 	AllowGIDs  []string   `yaml:"allow-gid"`
@@ -69,7 +70,7 @@ const autoCache Size = -1
 // defaultConfig holds the defaults that differ from the zero value and do not
 // depend on the host; EnsureDefaults fills the others after file and flags.
 func defaultConfig() Config {
-	return Config{CacheBytes: autoCache, LogLevel: slog.LevelInfo, ShmRingBytes: feed.DefaultShmRingBytes,
+	return Config{CacheBytes: autoCache, Decode: "auto", LogLevel: slog.LevelInfo, ShmRingBytes: feed.DefaultShmRingBytes,
 		ShmSpillAfter: Duration(time.Second), ShmMinBatchBytes: feed.DefaultShmMinBatchBytes}
 }
 
@@ -79,7 +80,8 @@ func (c *Config) flags(fs *flag.FlagSet) {
 	fs.Var(&listFlag{v: &c.DataRoots}, "data-root", "directory datasets may be read from; repeat for several (default: the working directory)")
 	fs.TextVar(&c.MemoryBytes, "memory-bytes", c.MemoryBytes, "memory budget of the daemon, e.g. 8GiB: queued batches, reads and the cache take up to three quarters, the Go runtime the rest (default: a quarter of the machine's or cgroup's memory, at least 256 MiB)")
 	fs.TextVar(&c.CacheBytes, "cache-bytes", c.CacheBytes, "decoded-block cache budget, part of memory-bytes, e.g. 4GiB; 0 disables the cache (default: half of memory-bytes)")
-	fs.IntVar(&c.Workers, "workers", c.Workers, "blocks read and decoded at once, all sessions together (default: GOMAXPROCS)")
+	fs.IntVar(&c.Workers, "workers", c.Workers, "blocks read and images decoded at once, all sessions together (default: GOMAXPROCS)")
+	fs.StringVar(&c.Decode, "decode", c.Decode, "image decoder: cpu, gpu, or auto (the GPU when one is usable, else the CPU)")
 	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn, error")
 	fs.Var(&listFlag{v: &c.AllowUIDs}, "allow-uid", "user (name or uid) allowed to connect besides the daemon's own and root; repeatable")
 	fs.Var(&listFlag{v: &c.AllowGIDs}, "allow-gid", "group (name or gid) whose members may connect; repeatable")
@@ -112,6 +114,9 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.LookaheadTTL == 0 {
 		c.LookaheadTTL = 2 * time.Minute
+	}
+	if c.Decode == "" {
+		c.Decode = "auto"
 	}
 }
 
@@ -166,6 +171,9 @@ func (c *Config) Validate() error {
 	}
 	if c.LookaheadTTL < 0 {
 		return settingErr("lookahead-ttl", c.LookaheadTTL, "must not be negative (no-lookahead turns look-ahead off)")
+	}
+	if c.Decode != "cpu" && c.Decode != "gpu" && c.Decode != "auto" {
+		return settingErr("decode", c.Decode, "want cpu, gpu or auto")
 	}
 	for _, r := range c.DataRoots {
 		if r == "" {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/loaderd/loaderd/cache"
+	"github.com/loaderd/loaderd/decode"
 	"github.com/loaderd/loaderd/feed"
 	"github.com/loaderd/loaderd/prefetch"
 	"github.com/loaderd/loaderd/shard"
@@ -59,7 +60,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return d.srv.Serve(ctx, func() {
 		log.Info("loaderd ready", "socket", d.srv.Socket(), "version", version, "data_roots", d.roots,
 			"workers", cfg.Workers, "memory", cfg.MemoryBytes.String(), "cache", cfg.CacheBytes.String(),
-			"shm_ring", cfg.ShmRingBytes.String(), "metrics", cfg.MetricsAddr)
+			"shm_ring", cfg.ShmRingBytes.String(), "metrics", cfg.MetricsAddr,
+			"decoder", d.decoder.Name(), "decoder_choice", d.decoderWhy)
 		sd.ready(ctx, d.srv.Socket())
 	})
 }
@@ -79,14 +81,20 @@ func setMemoryLimit(budget int64, log *slog.Logger) {
 
 // daemon is the wired-up server and what it owns.
 type daemon struct {
-	srv     *feed.Server
-	cache   *cache.Cache
-	roots   []string
-	metrics *prometheus.Registry
+	srv        *feed.Server
+	cache      *cache.Cache
+	decoder    decode.Decoder
+	decoderWhy string
+	roots      []string
+	metrics    *prometheus.Registry
 }
 
 func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, error) {
 	local, err := shard.NewLocalStore(cfg.DataRoots)
+	if err != nil {
+		return nil, err
+	}
+	dec, why, err := decode.New(cfg.Decode, decode.Options{})
 	if err != nil {
 		return nil, err
 	}
@@ -120,14 +128,14 @@ func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, erro
 	}
 	srv, err := feed.NewServer(opts, feed.Deps{
 		Store: store, Formats: shard.DefaultFormats(), Pool: prefetch.NewPool(cfg.Workers),
-		Memory: mem, Cache: c, Metrics: pm, Logger: log,
+		Memory: mem, Cache: c, Metrics: pm, Decoder: dec, Logger: log,
 	})
 	if err != nil {
 		c.Close()
 		return nil, err
 	}
 	reg.MustRegister(srv.Collector())
-	return &daemon{srv: srv, cache: c, roots: local.Roots(), metrics: reg}, nil
+	return &daemon{srv: srv, cache: c, decoder: dec, decoderWhy: why, roots: local.Roots(), metrics: reg}, nil
 }
 
 // serveMetrics serves /metrics on addr until ctx ends; the returned channel
@@ -161,4 +169,7 @@ func (d *daemon) serveMetrics(ctx context.Context, addr string, log *slog.Logger
 	return done, nil
 }
 
-func (d *daemon) close() { d.cache.Close() }
+func (d *daemon) close() {
+	d.cache.Close()
+	_ = d.decoder.Close() // nothing to report on the way out
+}

@@ -2,6 +2,7 @@
 
     import loaderd
     ds = loaderd.read_parquet("data/train/*.parquet", columns=["x", "label"]).shuffle(seed=42)
+    # or: loaderd.read_images("imagenet/train").random_resized_crop(224).random_horizontal_flip()
     shard = loaderd.get_dataset_shard(ds)          # RANK / WORLD_SIZE from the launcher
     for epoch in range(epochs):
         for batch in shard.iter_batches(batch_size=256, epoch=epoch):
@@ -13,7 +14,17 @@ serve``); the client only describes what it wants and receives batches.
 
 from loaderd._socket import default_socket
 from loaderd._version import __version__
-from loaderd.dataset import Dataset, Shard, ShardPlan, get_dataset_shard, read_parquet
+from loaderd.dataset import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Dataset,
+    Shard,
+    ShardPlan,
+    get_dataset_shard,
+    read_images,
+    read_parquet,
+    read_webdataset,
+)
 from loaderd.errors import (
     DaemonUnavailableError,
     DataError,
@@ -26,6 +37,8 @@ from loaderd.errors import (
 )
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "DaemonUnavailableError",
     "DataError",
     "Dataset",
@@ -40,5 +53,7 @@ __all__ = [
     "__version__",
     "default_socket",
     "get_dataset_shard",
+    "read_images",
     "read_parquet",
+    "read_webdataset",
 ]

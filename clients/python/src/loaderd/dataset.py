@@ -20,16 +20,51 @@ from loaderd._formats import BATCH_FORMATS, format_batch
 from loaderd._proto import feed_pb2
 from loaderd.errors import InvalidArgumentError
 
-__all__ = ["Dataset", "Shard", "ShardPlan", "get_dataset_shard", "read_parquet"]
+__all__ = [
+    "Dataset",
+    "Shard",
+    "ShardPlan",
+    "get_dataset_shard",
+    "read_images",
+    "read_parquet",
+    "read_webdataset",
+]
 
 ShardMode = Literal["even", "exact"]
 OnError = Literal["raise", "skip"]
+Size = int | tuple[int, int]
+
+# torchvision's ImageNet statistics, for normalize().
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _absolute(path: str) -> str:
     if "://" in path:
         return path
     return os.path.abspath(os.path.expanduser(path))
+
+
+def _size(name: str, size: Size) -> tuple[int, int]:
+    """(height, width) from torchvision's int-or-pair size."""
+    if isinstance(size, int):
+        h, w = size, size
+    else:
+        if len(size) != 2:
+            raise InvalidArgumentError(f"{name}: size must be an int or (height, width), got {size!r}")
+        h, w = size
+    if not (isinstance(h, int) and isinstance(w, int)) or h < 1 or w < 1:
+        raise InvalidArgumentError(f"{name}: size must be positive integers, got {size!r}")
+    return h, w
+
+
+@dataclass(frozen=True)
+class _Image:
+    """Which column holds encoded images, and the transforms, in order."""
+
+    column: str
+    transforms: tuple[feed_pb2.ImageTransform, ...] = ()
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +76,7 @@ class _Spec:
     window_rows: int = 0
     on_error: OnError = "raise"
     options: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    image: _Image | None = None
 
     def to_proto(self) -> feed_pb2.DatasetSpec:
         spec = feed_pb2.DatasetSpec(
@@ -53,6 +89,13 @@ class _Spec:
         if self.seed is not None:
             spec.shuffle.seed = self.seed
             spec.shuffle.window_rows = self.window_rows
+        # Images are decoded once a transform gives them one size; until
+        # then the column holds the encoded bytes.
+        if self.image is not None and self.image.transforms:
+            spec.image.column = self.image.column
+            spec.image.transforms.extend(self.image.transforms)
+            seed = self.image.seed if self.image.seed is not None else self.seed
+            spec.image.seed = seed or 0
         return spec
 
 
@@ -85,7 +128,97 @@ class Dataset:
             raise InvalidArgumentError(f"seed must be in [0, 2**64), got {seed}")
         if window_rows is not None and window_rows < 1:
             raise InvalidArgumentError(f"window_rows must be positive, got {window_rows}")
-        return Dataset(replace(self._spec, seed=seed, window_rows=window_rows or 0), self._client)
+        return self._replace(seed=seed, window_rows=window_rows or 0)
+
+    def decode_image(self, column: str = "image", *, seed: int | None = None) -> Dataset:
+        """Decode the encoded images (JPEG, PNG, WebP, BMP, TIFF) of a binary
+        ``column``, with their EXIF orientation applied, as RGB. The
+        transforms that follow (:meth:`random_resized_crop`, :meth:`resize`,
+        :meth:`center_crop`, :meth:`random_horizontal_flip`,
+        :meth:`normalize`) run in the daemon, in order, with torchvision's
+        semantics; the column becomes ``uint8`` (H, W, 3), or ``float32``
+        (3, H, W) once normalized. Until a transform gives every image one
+        size, the column keeps the encoded bytes.
+
+        Random transforms draw from ``(seed, epoch, row)``, the row being the
+        sample's place in the dataset: the same seed gives the same pixels
+        on every run, whatever the world size or shuffle. ``seed`` defaults
+        to the shuffle's seed, or 0 when unshuffled.
+        """
+        if seed is not None and not 0 <= seed < 2**64:
+            raise InvalidArgumentError(f"seed must be in [0, 2**64), got {seed}")
+        if self._spec.image is not None and self._spec.image.transforms:
+            raise InvalidArgumentError("decode_image: this dataset already decodes images")
+        return self._replace(image=_Image(column=column, seed=seed))
+
+    def random_resized_crop(
+        self,
+        size: Size,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    ) -> Dataset:
+        """torchvision's RandomResizedCrop: a random area fraction in
+        ``scale`` with a random aspect ratio in ``ratio``, resized (bilinear,
+        antialiased) to ``size``."""
+        h, w = _size("random_resized_crop", size)
+        if not (0 <= scale[0] <= scale[1] and scale[1] > 0):
+            raise InvalidArgumentError(f"random_resized_crop: scale must be 0 <= min <= max, got {scale}")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise InvalidArgumentError(f"random_resized_crop: ratio must be 0 < min <= max, got {ratio}")
+        op = feed_pb2.ImageRandomResizedCrop(height=h, width=w)
+        op.scale_min, op.scale_max = scale
+        op.ratio_min, op.ratio_max = ratio
+        return self._transform(feed_pb2.ImageTransform(random_resized_crop=op))
+
+    def resize(self, size: Size) -> Dataset:
+        """torchvision's Resize: an int makes the shorter edge ``size`` and
+        keeps the aspect ratio (follow it with a crop for equal sizes);
+        ``(height, width)`` resizes to exactly that."""
+        if isinstance(size, int):
+            h, w = _size("resize", size)[0], 0
+        else:
+            h, w = _size("resize", size)
+        return self._transform(feed_pb2.ImageTransform(resize=feed_pb2.ImageResize(height=h, width=w)))
+
+    def center_crop(self, size: Size) -> Dataset:
+        """torchvision's CenterCrop, padding with zeros where the image is
+        smaller."""
+        h, w = _size("center_crop", size)
+        op = feed_pb2.ImageCenterCrop(height=h, width=w)
+        return self._transform(feed_pb2.ImageTransform(center_crop=op))
+
+    def random_horizontal_flip(self, p: float = 0.5) -> Dataset:
+        """torchvision's RandomHorizontalFlip: mirror with probability ``p``."""
+        if not 0 <= p <= 1:
+            raise InvalidArgumentError(f"random_horizontal_flip: p must be in [0, 1], got {p}")
+        return self._transform(
+            feed_pb2.ImageTransform(random_horizontal_flip=feed_pb2.ImageRandomHorizontalFlip(p=p))
+        )
+
+    def normalize(
+        self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    ) -> Dataset:
+        """torchvision's ToTensor then Normalize: ``float32`` (3, H, W) of
+        ``(x / 255 - mean) / std`` per channel. The last transform."""
+        if len(mean) not in (1, 3) or len(std) != len(mean):
+            raise InvalidArgumentError("normalize: mean and std need 1 or 3 values each")
+        if any(v == 0 for v in std):
+            raise InvalidArgumentError("normalize: std must not be 0")
+        return self._transform(
+            feed_pb2.ImageTransform(normalize=feed_pb2.ImageNormalize(mean=list(mean), std=list(std)))
+        )
+
+    def _transform(self, t: feed_pb2.ImageTransform) -> Dataset:
+        image = self._spec.image
+        if image is None:
+            raise InvalidArgumentError(
+                "image transforms need images: call decode_image(column) first (read_images and "
+                "read_webdataset decode their image column)"
+            )
+        return self._replace(image=replace(image, transforms=(*image.transforms, t)))
+
+    def _replace(self, **changes: Any) -> Dataset:
+        return Dataset(replace(self._spec, **changes), self._client)
 
     def shard(self, rank: int, world_size: int, mode: ShardMode = "even") -> Shard:
         """Rank ``rank``'s share of each epoch, out of ``world_size`` ranks.
@@ -217,6 +350,8 @@ class Shard:
     ) -> Iterator[Any]:
         stream = self.dataset._client.stream(req, transport)
         for rb, meta in stream:
+            if rb.num_rows == 0:
+                continue  # every sample of it was bad and skipped
             if padding_column is not None:
                 n = rb.num_rows
                 mask = np.arange(n) >= n - meta.padding_rows
@@ -251,6 +386,64 @@ def read_parquet(
         uris=tuple(_absolute(u) for u in uris),
         columns=tuple(columns or ()),
         on_error=on_error,
+    )
+    return Dataset(spec, Client(socket))
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ("raise", "skip"):
+        raise InvalidArgumentError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+
+
+def read_images(
+    root: str,
+    *,
+    on_error: OnError = "raise",
+    seed: int | None = None,
+    socket: str | None = None,
+) -> Dataset:
+    """An image folder, as torchvision's ImageFolder reads it: every
+    subfolder of ``root`` is a class. Columns: ``image``, ``label`` (int64,
+    the index of the class among the sorted folder names; the names are in
+    the schema's ``loaderd.classes`` metadata) and ``path``.
+
+    ``image`` is decoded in the daemon once a transform fixes its size, e.g.
+    ``read_images(root).random_resized_crop(224).random_horizontal_flip()``;
+    see :meth:`Dataset.decode_image` for ``seed``. ``on_error="skip"`` leaves
+    out images that do not decode and counts them, instead of raising
+    :class:`loaderd.DataError` naming the file.
+    """
+    _check_on_error(on_error)
+    image = _Image("image", seed=seed)
+    spec = _Spec(format="images", uris=(_absolute(root),), on_error=on_error, image=image)
+    return Dataset(spec, Client(socket))
+
+
+def read_webdataset(
+    paths: str | Sequence[str],
+    *,
+    columns: Sequence[str] | None = None,
+    on_error: OnError = "raise",
+    seed: int | None = None,
+    socket: str | None = None,
+) -> Dataset:
+    """WebDataset tar shards: paths, directories or glob patterns
+    (``"shards/train-*.tar"``). Members sharing a key form a sample. Columns: ``key``, ``image`` (the
+    .jpg/.jpeg/.png/.webp/.bmp/.tif member), ``label`` (from .cls) and
+    ``json`` (the .json member's text). ``image`` is decoded as in
+    :func:`read_images`. Gzip-compressed shards are read whole; plain .tar
+    shards are indexed and read in ranges.
+    """
+    uris = (paths,) if isinstance(paths, str) else tuple(paths)
+    if not uris:
+        raise InvalidArgumentError("read_webdataset needs at least one path")
+    _check_on_error(on_error)
+    spec = _Spec(
+        format="webdataset",
+        uris=tuple(_absolute(u) for u in uris),
+        columns=tuple(columns or ()),
+        on_error=on_error,
+        image=_Image("image", seed=seed) if not columns or "image" in columns else None,
     )
     return Dataset(spec, Client(socket))
 

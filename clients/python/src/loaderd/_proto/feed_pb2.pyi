@@ -133,8 +133,11 @@ class DatasetSpec(_message.Message):
     SHUFFLE_FIELD_NUMBER: _builtins.int
     ON_ERROR_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
     format: _builtins.str
-    """Format name: "parquet"."""
+    """Format name: "parquet", "images" (a folder of class folders),
+    "webdataset" (tar shards).
+    """
     on_error: Global___OnError.ValueType
     @_builtins.property
     def uris(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -152,6 +155,12 @@ class DatasetSpec(_message.Message):
     def options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Format-specific options."""
 
+    @_builtins.property
+    def image(self) -> Global___ImageDecode:
+        """Decodes a column of encoded images and transforms them (read_images,
+        read_webdataset, decode_image). Absent: every column is sent as read.
+        """
+
     def __init__(
         self,
         *,
@@ -161,14 +170,230 @@ class DatasetSpec(_message.Message):
         shuffle: Global___Shuffle | None = ...,
         on_error: Global___OnError.ValueType = ...,
         options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        image: Global___ImageDecode | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["shuffle", b"shuffle"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "shuffle", b"shuffle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "format", b"format", "on_error", b"on_error", "options", b"options", "shuffle", b"shuffle", "uris", b"uris"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "format", b"format", "image", b"image", "on_error", b"on_error", "options", b"options", "shuffle", b"shuffle", "uris", b"uris"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DatasetSpec: _TypeAlias = DatasetSpec  # noqa: Y015
+
+@_typing.final
+class ImageDecode(_message.Message):
+    """ImageDecode decodes the images of one binary column (JPEG, PNG, WebP, BMP,
+    TIFF; the EXIF orientation applied; RGB, alpha dropped) and applies the
+    transforms in order, with torchvision's semantics. The column becomes an
+    Arrow fixed_shape_tensor: uint8 (height, width, 3), or float32
+    (3, height, width) after normalize. The transforms must give every image
+    the same size: end them with random_resized_crop, center_crop or a resize
+    with both sides.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMN_FIELD_NUMBER: _builtins.int
+    TRANSFORMS_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    column: _builtins.str
+    seed: _builtins.int
+    """Seeds the random transforms together with the epoch and each sample's
+    row in the dataset: the same seed gives the same pixels on every run and
+    machine, whatever the world size or shuffle. 0 is a seed like any other.
+    """
+    @_builtins.property
+    def transforms(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageTransform]: ...
+    def __init__(
+        self,
+        *,
+        column: _builtins.str = ...,
+        transforms: _abc.Iterable[Global___ImageTransform] | None = ...,
+        seed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "seed", b"seed", "transforms", b"transforms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageDecode: _TypeAlias = ImageDecode  # noqa: Y015
+
+@_typing.final
+class ImageTransform(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RANDOM_RESIZED_CROP_FIELD_NUMBER: _builtins.int
+    RESIZE_FIELD_NUMBER: _builtins.int
+    CENTER_CROP_FIELD_NUMBER: _builtins.int
+    RANDOM_HORIZONTAL_FLIP_FIELD_NUMBER: _builtins.int
+    NORMALIZE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def random_resized_crop(self) -> Global___ImageRandomResizedCrop: ...
+    @_builtins.property
+    def resize(self) -> Global___ImageResize: ...
+    @_builtins.property
+    def center_crop(self) -> Global___ImageCenterCrop: ...
+    @_builtins.property
+    def random_horizontal_flip(self) -> Global___ImageRandomHorizontalFlip: ...
+    @_builtins.property
+    def normalize(self) -> Global___ImageNormalize: ...
+    def __init__(
+        self,
+        *,
+        random_resized_crop: Global___ImageRandomResizedCrop | None = ...,
+        resize: Global___ImageResize | None = ...,
+        center_crop: Global___ImageCenterCrop | None = ...,
+        random_horizontal_flip: Global___ImageRandomHorizontalFlip | None = ...,
+        normalize: Global___ImageNormalize | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["center_crop", b"center_crop", "normalize", b"normalize", "op", b"op", "random_horizontal_flip", b"random_horizontal_flip", "random_resized_crop", b"random_resized_crop", "resize", b"resize"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["center_crop", b"center_crop", "normalize", b"normalize", "op", b"op", "random_horizontal_flip", b"random_horizontal_flip", "random_resized_crop", b"random_resized_crop", "resize", b"resize"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["random_resized_crop", "resize", "center_crop", "random_horizontal_flip", "normalize"]  # noqa: Y015
+    _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
+
+Global___ImageTransform: _TypeAlias = ImageTransform  # noqa: Y015
+
+@_typing.final
+class ImageRandomResizedCrop(_message.Message):
+    """A random area in [scale_min, scale_max] of the image, of aspect ratio in
+    [ratio_min, ratio_max], resized to height x width. All four bounds 0: the
+    defaults (0.08, 1) and (3/4, 4/3).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    SCALE_MIN_FIELD_NUMBER: _builtins.int
+    SCALE_MAX_FIELD_NUMBER: _builtins.int
+    RATIO_MIN_FIELD_NUMBER: _builtins.int
+    RATIO_MAX_FIELD_NUMBER: _builtins.int
+    height: _builtins.int
+    width: _builtins.int
+    scale_min: _builtins.float
+    scale_max: _builtins.float
+    ratio_min: _builtins.float
+    ratio_max: _builtins.float
+    def __init__(
+        self,
+        *,
+        height: _builtins.int = ...,
+        width: _builtins.int = ...,
+        scale_min: _builtins.float = ...,
+        scale_max: _builtins.float = ...,
+        ratio_min: _builtins.float = ...,
+        ratio_max: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "ratio_max", b"ratio_max", "ratio_min", b"ratio_min", "scale_max", b"scale_max", "scale_min", b"scale_min", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageRandomResizedCrop: _TypeAlias = ImageRandomResizedCrop  # noqa: Y015
+
+@_typing.final
+class ImageResize(_message.Message):
+    """Resize to height x width; width 0: the shorter edge becomes height and the
+    aspect ratio is kept.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    height: _builtins.int
+    width: _builtins.int
+    def __init__(
+        self,
+        *,
+        height: _builtins.int = ...,
+        width: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageResize: _TypeAlias = ImageResize  # noqa: Y015
+
+@_typing.final
+class ImageCenterCrop(_message.Message):
+    """The central height x width, padded with zeros where the image is smaller."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    height: _builtins.int
+    width: _builtins.int
+    def __init__(
+        self,
+        *,
+        height: _builtins.int = ...,
+        width: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageCenterCrop: _TypeAlias = ImageCenterCrop  # noqa: Y015
+
+@_typing.final
+class ImageRandomHorizontalFlip(_message.Message):
+    """Mirror left-right with probability p."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    P_FIELD_NUMBER: _builtins.int
+    p: _builtins.float
+    def __init__(
+        self,
+        *,
+        p: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["p", b"p"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageRandomHorizontalFlip: _TypeAlias = ImageRandomHorizontalFlip  # noqa: Y015
+
+@_typing.final
+class ImageNormalize(_message.Message):
+    """(x / 255 - mean) / std per channel, as float32 CHW: the last transform.
+    One value, or one per channel (R, G, B).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEAN_FIELD_NUMBER: _builtins.int
+    STD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def mean(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def std(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        mean: _abc.Iterable[_builtins.float] | None = ...,
+        std: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mean", b"mean", "std", b"std"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageNormalize: _TypeAlias = ImageNormalize  # noqa: Y015
 
 @_typing.final
 class Shuffle(_message.Message):
@@ -465,6 +690,7 @@ class Batch(_message.Message):
     ARROW_IPC_FIELD_NUMBER: _builtins.int
     NEXT_SAMPLE_FIELD_NUMBER: _builtins.int
     SHM_FIELD_NUMBER: _builtins.int
+    SKIPPED_SAMPLES_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     first_sample: _builtins.int
     """Index of the batch's first sample within this rank's epoch."""
@@ -476,6 +702,10 @@ class Batch(_message.Message):
     next_sample: _builtins.int
     """The sample to resume at after this batch: first_sample + num_rows, or
     further when rows of bad input were skipped.
+    """
+    skipped_samples: _builtins.int
+    """Samples of this batch left out because their image did not decode
+    (on_error skip). A batch whose samples were all left out has no rows.
     """
     @_builtins.property
     def shm(self) -> Global___ShmSlot:
@@ -494,10 +724,11 @@ class Batch(_message.Message):
         arrow_ipc: _builtins.bytes = ...,
         next_sample: _builtins.int = ...,
         shm: Global___ShmSlot | None = ...,
+        skipped_samples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["shm", b"shm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_ipc", b"arrow_ipc", "first_sample", b"first_sample", "next_sample", b"next_sample", "num_rows", b"num_rows", "padding_rows", b"padding_rows", "seq", b"seq", "shm", b"shm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_ipc", b"arrow_ipc", "first_sample", b"first_sample", "next_sample", b"next_sample", "num_rows", b"num_rows", "padding_rows", b"padding_rows", "seq", b"seq", "shm", b"shm", "skipped_samples", b"skipped_samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

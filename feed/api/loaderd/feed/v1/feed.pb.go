@@ -189,7 +189,8 @@ func (Transport) EnumDescriptor() ([]byte, []int) {
 // fingerprint: two jobs with the same spec share cached blocks.
 type DatasetSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Format name: "parquet".
+	// Format name: "parquet", "images" (a folder of class folders),
+	// "webdataset" (tar shards).
 	Format string `protobuf:"bytes,1,opt,name=format,proto3" json:"format,omitempty"`
 	// Absolute paths or glob patterns; matches are read in sorted order.
 	Uris []string `protobuf:"bytes,2,rep,name=uris,proto3" json:"uris,omitempty"`
@@ -199,7 +200,10 @@ type DatasetSpec struct {
 	Shuffle *Shuffle `protobuf:"bytes,4,opt,name=shuffle,proto3" json:"shuffle,omitempty"`
 	OnError OnError  `protobuf:"varint,5,opt,name=on_error,json=onError,proto3,enum=loaderd.feed.v1.OnError" json:"on_error,omitempty"`
 	// Format-specific options.
-	Options       map[string]string `protobuf:"bytes,6,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Options map[string]string `protobuf:"bytes,6,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Decodes a column of encoded images and transforms them (read_images,
+	// read_webdataset, decode_image). Absent: every column is sent as read.
+	Image         *ImageDecode `protobuf:"bytes,10,opt,name=image,proto3" json:"image,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -276,6 +280,506 @@ func (x *DatasetSpec) GetOptions() map[string]string {
 	return nil
 }
 
+func (x *DatasetSpec) GetImage() *ImageDecode {
+	if x != nil {
+		return x.Image
+	}
+	return nil
+}
+
+// ImageDecode decodes the images of one binary column (JPEG, PNG, WebP, BMP,
+// TIFF; the EXIF orientation applied; RGB, alpha dropped) and applies the
+// transforms in order, with torchvision's semantics. The column becomes an
+// Arrow fixed_shape_tensor: uint8 (height, width, 3), or float32
+// (3, height, width) after normalize. The transforms must give every image
+// the same size: end them with random_resized_crop, center_crop or a resize
+// with both sides.
+type ImageDecode struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Column     string                 `protobuf:"bytes,1,opt,name=column,proto3" json:"column,omitempty"`
+	Transforms []*ImageTransform      `protobuf:"bytes,2,rep,name=transforms,proto3" json:"transforms,omitempty"`
+	// Seeds the random transforms together with the epoch and each sample's
+	// row in the dataset: the same seed gives the same pixels on every run and
+	// machine, whatever the world size or shuffle. 0 is a seed like any other.
+	Seed          uint64 `protobuf:"varint,3,opt,name=seed,proto3" json:"seed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageDecode) Reset() {
+	*x = ImageDecode{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageDecode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageDecode) ProtoMessage() {}
+
+func (x *ImageDecode) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageDecode.ProtoReflect.Descriptor instead.
+func (*ImageDecode) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ImageDecode) GetColumn() string {
+	if x != nil {
+		return x.Column
+	}
+	return ""
+}
+
+func (x *ImageDecode) GetTransforms() []*ImageTransform {
+	if x != nil {
+		return x.Transforms
+	}
+	return nil
+}
+
+func (x *ImageDecode) GetSeed() uint64 {
+	if x != nil {
+		return x.Seed
+	}
+	return 0
+}
+
+type ImageTransform struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Op:
+	//
+	//	*ImageTransform_RandomResizedCrop
+	//	*ImageTransform_Resize
+	//	*ImageTransform_CenterCrop
+	//	*ImageTransform_RandomHorizontalFlip
+	//	*ImageTransform_Normalize
+	Op            isImageTransform_Op `protobuf_oneof:"op"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageTransform) Reset() {
+	*x = ImageTransform{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageTransform) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageTransform) ProtoMessage() {}
+
+func (x *ImageTransform) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageTransform.ProtoReflect.Descriptor instead.
+func (*ImageTransform) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ImageTransform) GetOp() isImageTransform_Op {
+	if x != nil {
+		return x.Op
+	}
+	return nil
+}
+
+func (x *ImageTransform) GetRandomResizedCrop() *ImageRandomResizedCrop {
+	if x != nil {
+		if x, ok := x.Op.(*ImageTransform_RandomResizedCrop); ok {
+			return x.RandomResizedCrop
+		}
+	}
+	return nil
+}
+
+func (x *ImageTransform) GetResize() *ImageResize {
+	if x != nil {
+		if x, ok := x.Op.(*ImageTransform_Resize); ok {
+			return x.Resize
+		}
+	}
+	return nil
+}
+
+func (x *ImageTransform) GetCenterCrop() *ImageCenterCrop {
+	if x != nil {
+		if x, ok := x.Op.(*ImageTransform_CenterCrop); ok {
+			return x.CenterCrop
+		}
+	}
+	return nil
+}
+
+func (x *ImageTransform) GetRandomHorizontalFlip() *ImageRandomHorizontalFlip {
+	if x != nil {
+		if x, ok := x.Op.(*ImageTransform_RandomHorizontalFlip); ok {
+			return x.RandomHorizontalFlip
+		}
+	}
+	return nil
+}
+
+func (x *ImageTransform) GetNormalize() *ImageNormalize {
+	if x != nil {
+		if x, ok := x.Op.(*ImageTransform_Normalize); ok {
+			return x.Normalize
+		}
+	}
+	return nil
+}
+
+type isImageTransform_Op interface {
+	isImageTransform_Op()
+}
+
+type ImageTransform_RandomResizedCrop struct {
+	RandomResizedCrop *ImageRandomResizedCrop `protobuf:"bytes,1,opt,name=random_resized_crop,json=randomResizedCrop,proto3,oneof"`
+}
+
+type ImageTransform_Resize struct {
+	Resize *ImageResize `protobuf:"bytes,2,opt,name=resize,proto3,oneof"`
+}
+
+type ImageTransform_CenterCrop struct {
+	CenterCrop *ImageCenterCrop `protobuf:"bytes,3,opt,name=center_crop,json=centerCrop,proto3,oneof"`
+}
+
+type ImageTransform_RandomHorizontalFlip struct {
+	RandomHorizontalFlip *ImageRandomHorizontalFlip `protobuf:"bytes,4,opt,name=random_horizontal_flip,json=randomHorizontalFlip,proto3,oneof"`
+}
+
+type ImageTransform_Normalize struct {
+	Normalize *ImageNormalize `protobuf:"bytes,5,opt,name=normalize,proto3,oneof"`
+}
+
+func (*ImageTransform_RandomResizedCrop) isImageTransform_Op() {}
+
+func (*ImageTransform_Resize) isImageTransform_Op() {}
+
+func (*ImageTransform_CenterCrop) isImageTransform_Op() {}
+
+func (*ImageTransform_RandomHorizontalFlip) isImageTransform_Op() {}
+
+func (*ImageTransform_Normalize) isImageTransform_Op() {}
+
+// A random area in [scale_min, scale_max] of the image, of aspect ratio in
+// [ratio_min, ratio_max], resized to height x width. All four bounds 0: the
+// defaults (0.08, 1) and (3/4, 4/3).
+type ImageRandomResizedCrop struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Height        int32                  `protobuf:"varint,1,opt,name=height,proto3" json:"height,omitempty"`
+	Width         int32                  `protobuf:"varint,2,opt,name=width,proto3" json:"width,omitempty"`
+	ScaleMin      float64                `protobuf:"fixed64,3,opt,name=scale_min,json=scaleMin,proto3" json:"scale_min,omitempty"`
+	ScaleMax      float64                `protobuf:"fixed64,4,opt,name=scale_max,json=scaleMax,proto3" json:"scale_max,omitempty"`
+	RatioMin      float64                `protobuf:"fixed64,5,opt,name=ratio_min,json=ratioMin,proto3" json:"ratio_min,omitempty"`
+	RatioMax      float64                `protobuf:"fixed64,6,opt,name=ratio_max,json=ratioMax,proto3" json:"ratio_max,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageRandomResizedCrop) Reset() {
+	*x = ImageRandomResizedCrop{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageRandomResizedCrop) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageRandomResizedCrop) ProtoMessage() {}
+
+func (x *ImageRandomResizedCrop) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageRandomResizedCrop.ProtoReflect.Descriptor instead.
+func (*ImageRandomResizedCrop) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ImageRandomResizedCrop) GetHeight() int32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *ImageRandomResizedCrop) GetWidth() int32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+func (x *ImageRandomResizedCrop) GetScaleMin() float64 {
+	if x != nil {
+		return x.ScaleMin
+	}
+	return 0
+}
+
+func (x *ImageRandomResizedCrop) GetScaleMax() float64 {
+	if x != nil {
+		return x.ScaleMax
+	}
+	return 0
+}
+
+func (x *ImageRandomResizedCrop) GetRatioMin() float64 {
+	if x != nil {
+		return x.RatioMin
+	}
+	return 0
+}
+
+func (x *ImageRandomResizedCrop) GetRatioMax() float64 {
+	if x != nil {
+		return x.RatioMax
+	}
+	return 0
+}
+
+// Resize to height x width; width 0: the shorter edge becomes height and the
+// aspect ratio is kept.
+type ImageResize struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Height        int32                  `protobuf:"varint,1,opt,name=height,proto3" json:"height,omitempty"`
+	Width         int32                  `protobuf:"varint,2,opt,name=width,proto3" json:"width,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageResize) Reset() {
+	*x = ImageResize{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageResize) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageResize) ProtoMessage() {}
+
+func (x *ImageResize) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageResize.ProtoReflect.Descriptor instead.
+func (*ImageResize) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ImageResize) GetHeight() int32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *ImageResize) GetWidth() int32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+// The central height x width, padded with zeros where the image is smaller.
+type ImageCenterCrop struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Height        int32                  `protobuf:"varint,1,opt,name=height,proto3" json:"height,omitempty"`
+	Width         int32                  `protobuf:"varint,2,opt,name=width,proto3" json:"width,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageCenterCrop) Reset() {
+	*x = ImageCenterCrop{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageCenterCrop) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageCenterCrop) ProtoMessage() {}
+
+func (x *ImageCenterCrop) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageCenterCrop.ProtoReflect.Descriptor instead.
+func (*ImageCenterCrop) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ImageCenterCrop) GetHeight() int32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *ImageCenterCrop) GetWidth() int32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+// Mirror left-right with probability p.
+type ImageRandomHorizontalFlip struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	P             float64                `protobuf:"fixed64,1,opt,name=p,proto3" json:"p,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageRandomHorizontalFlip) Reset() {
+	*x = ImageRandomHorizontalFlip{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageRandomHorizontalFlip) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageRandomHorizontalFlip) ProtoMessage() {}
+
+func (x *ImageRandomHorizontalFlip) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageRandomHorizontalFlip.ProtoReflect.Descriptor instead.
+func (*ImageRandomHorizontalFlip) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ImageRandomHorizontalFlip) GetP() float64 {
+	if x != nil {
+		return x.P
+	}
+	return 0
+}
+
+// (x / 255 - mean) / std per channel, as float32 CHW: the last transform.
+// One value, or one per channel (R, G, B).
+type ImageNormalize struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mean          []float64              `protobuf:"fixed64,1,rep,packed,name=mean,proto3" json:"mean,omitempty"`
+	Std           []float64              `protobuf:"fixed64,2,rep,packed,name=std,proto3" json:"std,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageNormalize) Reset() {
+	*x = ImageNormalize{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageNormalize) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageNormalize) ProtoMessage() {}
+
+func (x *ImageNormalize) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageNormalize.ProtoReflect.Descriptor instead.
+func (*ImageNormalize) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ImageNormalize) GetMean() []float64 {
+	if x != nil {
+		return x.Mean
+	}
+	return nil
+}
+
+func (x *ImageNormalize) GetStd() []float64 {
+	if x != nil {
+		return x.Std
+	}
+	return nil
+}
+
 type Shuffle struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Seed  uint64                 `protobuf:"varint,1,opt,name=seed,proto3" json:"seed,omitempty"`
@@ -287,7 +791,7 @@ type Shuffle struct {
 
 func (x *Shuffle) Reset() {
 	*x = Shuffle{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[1]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -299,7 +803,7 @@ func (x *Shuffle) String() string {
 func (*Shuffle) ProtoMessage() {}
 
 func (x *Shuffle) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[1]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -312,7 +816,7 @@ func (x *Shuffle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Shuffle.ProtoReflect.Descriptor instead.
 func (*Shuffle) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{1}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Shuffle) GetSeed() uint64 {
@@ -338,7 +842,7 @@ type DescribeRequest struct {
 
 func (x *DescribeRequest) Reset() {
 	*x = DescribeRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[2]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -350,7 +854,7 @@ func (x *DescribeRequest) String() string {
 func (*DescribeRequest) ProtoMessage() {}
 
 func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[2]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -363,7 +867,7 @@ func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeRequest.ProtoReflect.Descriptor instead.
 func (*DescribeRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{2}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DescribeRequest) GetDataset() *DatasetSpec {
@@ -387,7 +891,7 @@ type DescribeResponse struct {
 
 func (x *DescribeResponse) Reset() {
 	*x = DescribeResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[3]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -399,7 +903,7 @@ func (x *DescribeResponse) String() string {
 func (*DescribeResponse) ProtoMessage() {}
 
 func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[3]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -412,7 +916,7 @@ func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeResponse.ProtoReflect.Descriptor instead.
 func (*DescribeResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{3}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DescribeResponse) GetArrowSchema() []byte {
@@ -463,7 +967,7 @@ type StreamRequest struct {
 
 func (x *StreamRequest) Reset() {
 	*x = StreamRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[4]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -475,7 +979,7 @@ func (x *StreamRequest) String() string {
 func (*StreamRequest) ProtoMessage() {}
 
 func (x *StreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[4]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -488,7 +992,7 @@ func (x *StreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamRequest.ProtoReflect.Descriptor instead.
 func (*StreamRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{4}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StreamRequest) GetKind() isStreamRequest_Kind {
@@ -552,7 +1056,7 @@ type OpenStream struct {
 
 func (x *OpenStream) Reset() {
 	*x = OpenStream{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[5]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -564,7 +1068,7 @@ func (x *OpenStream) String() string {
 func (*OpenStream) ProtoMessage() {}
 
 func (x *OpenStream) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[5]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -577,7 +1081,7 @@ func (x *OpenStream) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenStream.ProtoReflect.Descriptor instead.
 func (*OpenStream) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{5}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *OpenStream) GetDataset() *DatasetSpec {
@@ -659,7 +1163,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[6]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -671,7 +1175,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[6]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -684,7 +1188,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{6}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Ack) GetSeq() int64 {
@@ -707,7 +1211,7 @@ type StreamResponse struct {
 
 func (x *StreamResponse) Reset() {
 	*x = StreamResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[7]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -719,7 +1223,7 @@ func (x *StreamResponse) String() string {
 func (*StreamResponse) ProtoMessage() {}
 
 func (x *StreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[7]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -732,7 +1236,7 @@ func (x *StreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamResponse.ProtoReflect.Descriptor instead.
 func (*StreamResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{7}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StreamResponse) GetKind() isStreamResponse_Kind {
@@ -798,7 +1302,7 @@ type StreamHeader struct {
 
 func (x *StreamHeader) Reset() {
 	*x = StreamHeader{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[8]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -810,7 +1314,7 @@ func (x *StreamHeader) String() string {
 func (*StreamHeader) ProtoMessage() {}
 
 func (x *StreamHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[8]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -823,7 +1327,7 @@ func (x *StreamHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamHeader.ProtoReflect.Descriptor instead.
 func (*StreamHeader) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{8}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StreamHeader) GetSessionId() string {
@@ -906,7 +1410,7 @@ type ShmRing struct {
 
 func (x *ShmRing) Reset() {
 	*x = ShmRing{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[9]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -918,7 +1422,7 @@ func (x *ShmRing) String() string {
 func (*ShmRing) ProtoMessage() {}
 
 func (x *ShmRing) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[9]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -931,7 +1435,7 @@ func (x *ShmRing) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShmRing.ProtoReflect.Descriptor instead.
 func (*ShmRing) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{9}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ShmRing) GetSocketName() string {
@@ -971,14 +1475,17 @@ type Batch struct {
 	// Set instead of arrow_ipc when the batch lies in the session's shared
 	// memory ring; the client acknowledges seq when it releases the batch, and
 	// the slot is not written again before that.
-	Shm           *ShmSlot `protobuf:"bytes,20,opt,name=shm,proto3" json:"shm,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Shm *ShmSlot `protobuf:"bytes,20,opt,name=shm,proto3" json:"shm,omitempty"`
+	// Samples of this batch left out because their image did not decode
+	// (on_error skip). A batch whose samples were all left out has no rows.
+	SkippedSamples int64 `protobuf:"varint,60,opt,name=skipped_samples,json=skippedSamples,proto3" json:"skipped_samples,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[10]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -990,7 +1497,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[10]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1003,7 +1510,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{10}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Batch) GetSeq() int64 {
@@ -1055,6 +1562,13 @@ func (x *Batch) GetShm() *ShmSlot {
 	return nil
 }
 
+func (x *Batch) GetSkippedSamples() int64 {
+	if x != nil {
+		return x.SkippedSamples
+	}
+	return 0
+}
+
 // ShmSlot is where a batch's Arrow IPC record-batch message lies in the ring.
 type ShmSlot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1069,7 +1583,7 @@ type ShmSlot struct {
 
 func (x *ShmSlot) Reset() {
 	*x = ShmSlot{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[11]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1081,7 +1595,7 @@ func (x *ShmSlot) String() string {
 func (*ShmSlot) ProtoMessage() {}
 
 func (x *ShmSlot) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[11]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1094,7 +1608,7 @@ func (x *ShmSlot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShmSlot.ProtoReflect.Descriptor instead.
 func (*ShmSlot) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{11}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ShmSlot) GetSlot() uint32 {
@@ -1126,7 +1640,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +1652,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[12]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +1665,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{12}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{19}
 }
 
 type StatusResponse struct {
@@ -1172,7 +1686,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1698,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[13]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1711,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{13}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -1271,7 +1785,7 @@ type CacheStatus struct {
 
 func (x *CacheStatus) Reset() {
 	*x = CacheStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1283,7 +1797,7 @@ func (x *CacheStatus) String() string {
 func (*CacheStatus) ProtoMessage() {}
 
 func (x *CacheStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[14]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1296,7 +1810,7 @@ func (x *CacheStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheStatus.ProtoReflect.Descriptor instead.
 func (*CacheStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{14}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CacheStatus) GetBudgetBytes() int64 {
@@ -1390,7 +1904,7 @@ type MemoryStatus struct {
 
 func (x *MemoryStatus) Reset() {
 	*x = MemoryStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1916,7 @@ func (x *MemoryStatus) String() string {
 func (*MemoryStatus) ProtoMessage() {}
 
 func (x *MemoryStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[15]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1929,7 @@ func (x *MemoryStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStatus.ProtoReflect.Descriptor instead.
 func (*MemoryStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{15}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *MemoryStatus) GetBudgetBytes() int64 {
@@ -1498,7 +2012,7 @@ type LookaheadStatus struct {
 
 func (x *LookaheadStatus) Reset() {
 	*x = LookaheadStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1510,7 +2024,7 @@ func (x *LookaheadStatus) String() string {
 func (*LookaheadStatus) ProtoMessage() {}
 
 func (x *LookaheadStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[16]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1523,7 +2037,7 @@ func (x *LookaheadStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookaheadStatus.ProtoReflect.Descriptor instead.
 func (*LookaheadStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{16}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *LookaheadStatus) GetWaiting() int32 {
@@ -1576,7 +2090,7 @@ type PlanStatus struct {
 
 func (x *PlanStatus) Reset() {
 	*x = PlanStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1588,7 +2102,7 @@ func (x *PlanStatus) String() string {
 func (*PlanStatus) ProtoMessage() {}
 
 func (x *PlanStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[17]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1601,7 +2115,7 @@ func (x *PlanStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanStatus.ProtoReflect.Descriptor instead.
 func (*PlanStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{17}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PlanStatus) GetJob() string {
@@ -1675,7 +2189,7 @@ type SessionStatus struct {
 
 func (x *SessionStatus) Reset() {
 	*x = SessionStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[18]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1687,7 +2201,7 @@ func (x *SessionStatus) String() string {
 func (*SessionStatus) ProtoMessage() {}
 
 func (x *SessionStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[18]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1700,7 +2214,7 @@ func (x *SessionStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionStatus.ProtoReflect.Descriptor instead.
 func (*SessionStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{18}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SessionStatus) GetSessionId() string {
@@ -1851,7 +2365,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[19]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +2377,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[19]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +2390,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{19}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{26}
 }
 
 type VersionResponse struct {
@@ -1890,7 +2404,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[20]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1902,7 +2416,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[20]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1915,7 +2429,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{20}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -1950,7 +2464,7 @@ type PlanRequest struct {
 
 func (x *PlanRequest) Reset() {
 	*x = PlanRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[21]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1962,7 +2476,7 @@ func (x *PlanRequest) String() string {
 func (*PlanRequest) ProtoMessage() {}
 
 func (x *PlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[21]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1975,7 +2489,7 @@ func (x *PlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanRequest.ProtoReflect.Descriptor instead.
 func (*PlanRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{21}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PlanRequest) GetOpen() *OpenStream {
@@ -1999,7 +2513,7 @@ type PlanResponse struct {
 
 func (x *PlanResponse) Reset() {
 	*x = PlanResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[22]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2011,7 +2525,7 @@ func (x *PlanResponse) String() string {
 func (*PlanResponse) ProtoMessage() {}
 
 func (x *PlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[22]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2024,7 +2538,7 @@ func (x *PlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanResponse.ProtoReflect.Descriptor instead.
 func (*PlanResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{22}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PlanResponse) GetPlanFingerprint() string {
@@ -2059,17 +2573,51 @@ var File_loaderd_feed_v1_feed_proto protoreflect.FileDescriptor
 
 const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\n" +
-	"\x1aloaderd/feed/v1/feed.proto\x12\x0floaderd.feed.v1\"\xbd\x02\n" +
+	"\x1aloaderd/feed/v1/feed.proto\x12\x0floaderd.feed.v1\"\xf1\x02\n" +
 	"\vDatasetSpec\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\tR\x06format\x12\x12\n" +
 	"\x04uris\x18\x02 \x03(\tR\x04uris\x12\x18\n" +
 	"\acolumns\x18\x03 \x03(\tR\acolumns\x122\n" +
 	"\ashuffle\x18\x04 \x01(\v2\x18.loaderd.feed.v1.ShuffleR\ashuffle\x123\n" +
 	"\bon_error\x18\x05 \x01(\x0e2\x18.loaderd.feed.v1.OnErrorR\aonError\x12C\n" +
-	"\aoptions\x18\x06 \x03(\v2).loaderd.feed.v1.DatasetSpec.OptionsEntryR\aoptions\x1a:\n" +
+	"\aoptions\x18\x06 \x03(\v2).loaderd.feed.v1.DatasetSpec.OptionsEntryR\aoptions\x122\n" +
+	"\x05image\x18\n" +
+	" \x01(\v2\x1c.loaderd.feed.v1.ImageDecodeR\x05image\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\">\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"z\n" +
+	"\vImageDecode\x12\x16\n" +
+	"\x06column\x18\x01 \x01(\tR\x06column\x12?\n" +
+	"\n" +
+	"transforms\x18\x02 \x03(\v2\x1f.loaderd.feed.v1.ImageTransformR\n" +
+	"transforms\x12\x12\n" +
+	"\x04seed\x18\x03 \x01(\x04R\x04seed\"\x93\x03\n" +
+	"\x0eImageTransform\x12Y\n" +
+	"\x13random_resized_crop\x18\x01 \x01(\v2'.loaderd.feed.v1.ImageRandomResizedCropH\x00R\x11randomResizedCrop\x126\n" +
+	"\x06resize\x18\x02 \x01(\v2\x1c.loaderd.feed.v1.ImageResizeH\x00R\x06resize\x12C\n" +
+	"\vcenter_crop\x18\x03 \x01(\v2 .loaderd.feed.v1.ImageCenterCropH\x00R\n" +
+	"centerCrop\x12b\n" +
+	"\x16random_horizontal_flip\x18\x04 \x01(\v2*.loaderd.feed.v1.ImageRandomHorizontalFlipH\x00R\x14randomHorizontalFlip\x12?\n" +
+	"\tnormalize\x18\x05 \x01(\v2\x1f.loaderd.feed.v1.ImageNormalizeH\x00R\tnormalizeB\x04\n" +
+	"\x02op\"\xba\x01\n" +
+	"\x16ImageRandomResizedCrop\x12\x16\n" +
+	"\x06height\x18\x01 \x01(\x05R\x06height\x12\x14\n" +
+	"\x05width\x18\x02 \x01(\x05R\x05width\x12\x1b\n" +
+	"\tscale_min\x18\x03 \x01(\x01R\bscaleMin\x12\x1b\n" +
+	"\tscale_max\x18\x04 \x01(\x01R\bscaleMax\x12\x1b\n" +
+	"\tratio_min\x18\x05 \x01(\x01R\bratioMin\x12\x1b\n" +
+	"\tratio_max\x18\x06 \x01(\x01R\bratioMax\";\n" +
+	"\vImageResize\x12\x16\n" +
+	"\x06height\x18\x01 \x01(\x05R\x06height\x12\x14\n" +
+	"\x05width\x18\x02 \x01(\x05R\x05width\"?\n" +
+	"\x0fImageCenterCrop\x12\x16\n" +
+	"\x06height\x18\x01 \x01(\x05R\x06height\x12\x14\n" +
+	"\x05width\x18\x02 \x01(\x05R\x05width\")\n" +
+	"\x19ImageRandomHorizontalFlip\x12\f\n" +
+	"\x01p\x18\x01 \x01(\x01R\x01p\"6\n" +
+	"\x0eImageNormalize\x12\x12\n" +
+	"\x04mean\x18\x01 \x03(\x01R\x04mean\x12\x10\n" +
+	"\x03std\x18\x02 \x03(\x01R\x03std\">\n" +
 	"\aShuffle\x12\x12\n" +
 	"\x04seed\x18\x01 \x01(\x04R\x04seed\x12\x1f\n" +
 	"\vwindow_rows\x18\x02 \x01(\x03R\n" +
@@ -2123,7 +2671,7 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\vsocket_name\x18\x01 \x01(\tR\n" +
 	"socketName\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\fR\x05token\x12\x12\n" +
-	"\x04size\x18\x03 \x01(\x03R\x04size\"\xe4\x01\n" +
+	"\x04size\x18\x03 \x01(\x03R\x04size\"\x8d\x02\n" +
 	"\x05Batch\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12!\n" +
 	"\ffirst_sample\x18\x02 \x01(\x03R\vfirstSample\x12\x19\n" +
@@ -2132,7 +2680,8 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\tarrow_ipc\x18\x05 \x01(\fR\barrowIpc\x12\x1f\n" +
 	"\vnext_sample\x18\x06 \x01(\x03R\n" +
 	"nextSample\x12*\n" +
-	"\x03shm\x18\x14 \x01(\v2\x18.loaderd.feed.v1.ShmSlotR\x03shm\"M\n" +
+	"\x03shm\x18\x14 \x01(\v2\x18.loaderd.feed.v1.ShmSlotR\x03shm\x12'\n" +
+	"\x0fskipped_samples\x18< \x01(\x03R\x0eskippedSamples\"M\n" +
 	"\aShmSlot\x12\x12\n" +
 	"\x04slot\x18\x01 \x01(\rR\x04slot\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x16\n" +
@@ -2257,73 +2806,87 @@ func file_loaderd_feed_v1_feed_proto_rawDescGZIP() []byte {
 }
 
 var file_loaderd_feed_v1_feed_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_loaderd_feed_v1_feed_proto_goTypes = []any{
-	(OnError)(0),             // 0: loaderd.feed.v1.OnError
-	(ShardMode)(0),           // 1: loaderd.feed.v1.ShardMode
-	(Transport)(0),           // 2: loaderd.feed.v1.Transport
-	(*DatasetSpec)(nil),      // 3: loaderd.feed.v1.DatasetSpec
-	(*Shuffle)(nil),          // 4: loaderd.feed.v1.Shuffle
-	(*DescribeRequest)(nil),  // 5: loaderd.feed.v1.DescribeRequest
-	(*DescribeResponse)(nil), // 6: loaderd.feed.v1.DescribeResponse
-	(*StreamRequest)(nil),    // 7: loaderd.feed.v1.StreamRequest
-	(*OpenStream)(nil),       // 8: loaderd.feed.v1.OpenStream
-	(*Ack)(nil),              // 9: loaderd.feed.v1.Ack
-	(*StreamResponse)(nil),   // 10: loaderd.feed.v1.StreamResponse
-	(*StreamHeader)(nil),     // 11: loaderd.feed.v1.StreamHeader
-	(*ShmRing)(nil),          // 12: loaderd.feed.v1.ShmRing
-	(*Batch)(nil),            // 13: loaderd.feed.v1.Batch
-	(*ShmSlot)(nil),          // 14: loaderd.feed.v1.ShmSlot
-	(*StatusRequest)(nil),    // 15: loaderd.feed.v1.StatusRequest
-	(*StatusResponse)(nil),   // 16: loaderd.feed.v1.StatusResponse
-	(*CacheStatus)(nil),      // 17: loaderd.feed.v1.CacheStatus
-	(*MemoryStatus)(nil),     // 18: loaderd.feed.v1.MemoryStatus
-	(*LookaheadStatus)(nil),  // 19: loaderd.feed.v1.LookaheadStatus
-	(*PlanStatus)(nil),       // 20: loaderd.feed.v1.PlanStatus
-	(*SessionStatus)(nil),    // 21: loaderd.feed.v1.SessionStatus
-	(*VersionRequest)(nil),   // 22: loaderd.feed.v1.VersionRequest
-	(*VersionResponse)(nil),  // 23: loaderd.feed.v1.VersionResponse
-	(*PlanRequest)(nil),      // 24: loaderd.feed.v1.PlanRequest
-	(*PlanResponse)(nil),     // 25: loaderd.feed.v1.PlanResponse
-	nil,                      // 26: loaderd.feed.v1.DatasetSpec.OptionsEntry
+	(OnError)(0),                      // 0: loaderd.feed.v1.OnError
+	(ShardMode)(0),                    // 1: loaderd.feed.v1.ShardMode
+	(Transport)(0),                    // 2: loaderd.feed.v1.Transport
+	(*DatasetSpec)(nil),               // 3: loaderd.feed.v1.DatasetSpec
+	(*ImageDecode)(nil),               // 4: loaderd.feed.v1.ImageDecode
+	(*ImageTransform)(nil),            // 5: loaderd.feed.v1.ImageTransform
+	(*ImageRandomResizedCrop)(nil),    // 6: loaderd.feed.v1.ImageRandomResizedCrop
+	(*ImageResize)(nil),               // 7: loaderd.feed.v1.ImageResize
+	(*ImageCenterCrop)(nil),           // 8: loaderd.feed.v1.ImageCenterCrop
+	(*ImageRandomHorizontalFlip)(nil), // 9: loaderd.feed.v1.ImageRandomHorizontalFlip
+	(*ImageNormalize)(nil),            // 10: loaderd.feed.v1.ImageNormalize
+	(*Shuffle)(nil),                   // 11: loaderd.feed.v1.Shuffle
+	(*DescribeRequest)(nil),           // 12: loaderd.feed.v1.DescribeRequest
+	(*DescribeResponse)(nil),          // 13: loaderd.feed.v1.DescribeResponse
+	(*StreamRequest)(nil),             // 14: loaderd.feed.v1.StreamRequest
+	(*OpenStream)(nil),                // 15: loaderd.feed.v1.OpenStream
+	(*Ack)(nil),                       // 16: loaderd.feed.v1.Ack
+	(*StreamResponse)(nil),            // 17: loaderd.feed.v1.StreamResponse
+	(*StreamHeader)(nil),              // 18: loaderd.feed.v1.StreamHeader
+	(*ShmRing)(nil),                   // 19: loaderd.feed.v1.ShmRing
+	(*Batch)(nil),                     // 20: loaderd.feed.v1.Batch
+	(*ShmSlot)(nil),                   // 21: loaderd.feed.v1.ShmSlot
+	(*StatusRequest)(nil),             // 22: loaderd.feed.v1.StatusRequest
+	(*StatusResponse)(nil),            // 23: loaderd.feed.v1.StatusResponse
+	(*CacheStatus)(nil),               // 24: loaderd.feed.v1.CacheStatus
+	(*MemoryStatus)(nil),              // 25: loaderd.feed.v1.MemoryStatus
+	(*LookaheadStatus)(nil),           // 26: loaderd.feed.v1.LookaheadStatus
+	(*PlanStatus)(nil),                // 27: loaderd.feed.v1.PlanStatus
+	(*SessionStatus)(nil),             // 28: loaderd.feed.v1.SessionStatus
+	(*VersionRequest)(nil),            // 29: loaderd.feed.v1.VersionRequest
+	(*VersionResponse)(nil),           // 30: loaderd.feed.v1.VersionResponse
+	(*PlanRequest)(nil),               // 31: loaderd.feed.v1.PlanRequest
+	(*PlanResponse)(nil),              // 32: loaderd.feed.v1.PlanResponse
+	nil,                               // 33: loaderd.feed.v1.DatasetSpec.OptionsEntry
 }
 var file_loaderd_feed_v1_feed_proto_depIdxs = []int32{
-	4,  // 0: loaderd.feed.v1.DatasetSpec.shuffle:type_name -> loaderd.feed.v1.Shuffle
+	11, // 0: loaderd.feed.v1.DatasetSpec.shuffle:type_name -> loaderd.feed.v1.Shuffle
 	0,  // 1: loaderd.feed.v1.DatasetSpec.on_error:type_name -> loaderd.feed.v1.OnError
-	26, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
-	3,  // 3: loaderd.feed.v1.DescribeRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
-	8,  // 4: loaderd.feed.v1.StreamRequest.open:type_name -> loaderd.feed.v1.OpenStream
-	9,  // 5: loaderd.feed.v1.StreamRequest.ack:type_name -> loaderd.feed.v1.Ack
-	3,  // 6: loaderd.feed.v1.OpenStream.dataset:type_name -> loaderd.feed.v1.DatasetSpec
-	1,  // 7: loaderd.feed.v1.OpenStream.mode:type_name -> loaderd.feed.v1.ShardMode
-	2,  // 8: loaderd.feed.v1.OpenStream.transport:type_name -> loaderd.feed.v1.Transport
-	11, // 9: loaderd.feed.v1.StreamResponse.header:type_name -> loaderd.feed.v1.StreamHeader
-	13, // 10: loaderd.feed.v1.StreamResponse.batch:type_name -> loaderd.feed.v1.Batch
-	2,  // 11: loaderd.feed.v1.StreamHeader.transport:type_name -> loaderd.feed.v1.Transport
-	12, // 12: loaderd.feed.v1.StreamHeader.shm:type_name -> loaderd.feed.v1.ShmRing
-	14, // 13: loaderd.feed.v1.Batch.shm:type_name -> loaderd.feed.v1.ShmSlot
-	21, // 14: loaderd.feed.v1.StatusResponse.sessions:type_name -> loaderd.feed.v1.SessionStatus
-	17, // 15: loaderd.feed.v1.StatusResponse.cache:type_name -> loaderd.feed.v1.CacheStatus
-	18, // 16: loaderd.feed.v1.StatusResponse.memory:type_name -> loaderd.feed.v1.MemoryStatus
-	19, // 17: loaderd.feed.v1.StatusResponse.lookahead:type_name -> loaderd.feed.v1.LookaheadStatus
-	20, // 18: loaderd.feed.v1.StatusResponse.plans:type_name -> loaderd.feed.v1.PlanStatus
-	2,  // 19: loaderd.feed.v1.SessionStatus.transport:type_name -> loaderd.feed.v1.Transport
-	8,  // 20: loaderd.feed.v1.PlanRequest.open:type_name -> loaderd.feed.v1.OpenStream
-	5,  // 21: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
-	7,  // 22: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
-	15, // 23: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
-	22, // 24: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
-	24, // 25: loaderd.feed.v1.Feed.Plan:input_type -> loaderd.feed.v1.PlanRequest
-	6,  // 26: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
-	10, // 27: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
-	16, // 28: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
-	23, // 29: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
-	25, // 30: loaderd.feed.v1.Feed.Plan:output_type -> loaderd.feed.v1.PlanResponse
-	26, // [26:31] is the sub-list for method output_type
-	21, // [21:26] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	33, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
+	4,  // 3: loaderd.feed.v1.DatasetSpec.image:type_name -> loaderd.feed.v1.ImageDecode
+	5,  // 4: loaderd.feed.v1.ImageDecode.transforms:type_name -> loaderd.feed.v1.ImageTransform
+	6,  // 5: loaderd.feed.v1.ImageTransform.random_resized_crop:type_name -> loaderd.feed.v1.ImageRandomResizedCrop
+	7,  // 6: loaderd.feed.v1.ImageTransform.resize:type_name -> loaderd.feed.v1.ImageResize
+	8,  // 7: loaderd.feed.v1.ImageTransform.center_crop:type_name -> loaderd.feed.v1.ImageCenterCrop
+	9,  // 8: loaderd.feed.v1.ImageTransform.random_horizontal_flip:type_name -> loaderd.feed.v1.ImageRandomHorizontalFlip
+	10, // 9: loaderd.feed.v1.ImageTransform.normalize:type_name -> loaderd.feed.v1.ImageNormalize
+	3,  // 10: loaderd.feed.v1.DescribeRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
+	15, // 11: loaderd.feed.v1.StreamRequest.open:type_name -> loaderd.feed.v1.OpenStream
+	16, // 12: loaderd.feed.v1.StreamRequest.ack:type_name -> loaderd.feed.v1.Ack
+	3,  // 13: loaderd.feed.v1.OpenStream.dataset:type_name -> loaderd.feed.v1.DatasetSpec
+	1,  // 14: loaderd.feed.v1.OpenStream.mode:type_name -> loaderd.feed.v1.ShardMode
+	2,  // 15: loaderd.feed.v1.OpenStream.transport:type_name -> loaderd.feed.v1.Transport
+	18, // 16: loaderd.feed.v1.StreamResponse.header:type_name -> loaderd.feed.v1.StreamHeader
+	20, // 17: loaderd.feed.v1.StreamResponse.batch:type_name -> loaderd.feed.v1.Batch
+	2,  // 18: loaderd.feed.v1.StreamHeader.transport:type_name -> loaderd.feed.v1.Transport
+	19, // 19: loaderd.feed.v1.StreamHeader.shm:type_name -> loaderd.feed.v1.ShmRing
+	21, // 20: loaderd.feed.v1.Batch.shm:type_name -> loaderd.feed.v1.ShmSlot
+	28, // 21: loaderd.feed.v1.StatusResponse.sessions:type_name -> loaderd.feed.v1.SessionStatus
+	24, // 22: loaderd.feed.v1.StatusResponse.cache:type_name -> loaderd.feed.v1.CacheStatus
+	25, // 23: loaderd.feed.v1.StatusResponse.memory:type_name -> loaderd.feed.v1.MemoryStatus
+	26, // 24: loaderd.feed.v1.StatusResponse.lookahead:type_name -> loaderd.feed.v1.LookaheadStatus
+	27, // 25: loaderd.feed.v1.StatusResponse.plans:type_name -> loaderd.feed.v1.PlanStatus
+	2,  // 26: loaderd.feed.v1.SessionStatus.transport:type_name -> loaderd.feed.v1.Transport
+	15, // 27: loaderd.feed.v1.PlanRequest.open:type_name -> loaderd.feed.v1.OpenStream
+	12, // 28: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
+	14, // 29: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
+	22, // 30: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
+	29, // 31: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
+	31, // 32: loaderd.feed.v1.Feed.Plan:input_type -> loaderd.feed.v1.PlanRequest
+	13, // 33: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
+	17, // 34: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
+	23, // 35: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
+	30, // 36: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
+	32, // 37: loaderd.feed.v1.Feed.Plan:output_type -> loaderd.feed.v1.PlanResponse
+	33, // [33:38] is the sub-list for method output_type
+	28, // [28:33] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_loaderd_feed_v1_feed_proto_init() }
@@ -2331,11 +2894,18 @@ func file_loaderd_feed_v1_feed_proto_init() {
 	if File_loaderd_feed_v1_feed_proto != nil {
 		return
 	}
-	file_loaderd_feed_v1_feed_proto_msgTypes[4].OneofWrappers = []any{
+	file_loaderd_feed_v1_feed_proto_msgTypes[2].OneofWrappers = []any{
+		(*ImageTransform_RandomResizedCrop)(nil),
+		(*ImageTransform_Resize)(nil),
+		(*ImageTransform_CenterCrop)(nil),
+		(*ImageTransform_RandomHorizontalFlip)(nil),
+		(*ImageTransform_Normalize)(nil),
+	}
+	file_loaderd_feed_v1_feed_proto_msgTypes[11].OneofWrappers = []any{
 		(*StreamRequest_Open)(nil),
 		(*StreamRequest_Ack)(nil),
 	}
-	file_loaderd_feed_v1_feed_proto_msgTypes[7].OneofWrappers = []any{
+	file_loaderd_feed_v1_feed_proto_msgTypes[14].OneofWrappers = []any{
 		(*StreamResponse_Header)(nil),
 		(*StreamResponse_Batch)(nil),
 	}
@@ -2345,7 +2915,7 @@ func file_loaderd_feed_v1_feed_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loaderd_feed_v1_feed_proto_rawDesc), len(file_loaderd_feed_v1_feed_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   24,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

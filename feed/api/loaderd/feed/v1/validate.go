@@ -19,6 +19,9 @@ const (
 	MaxOptions    = 256
 	MaxOptionSize = 64 << 10
 	MaxJobName    = 256
+	// Image transforms: how many, and the largest output side.
+	MaxImageTransforms = 64
+	MaxImageSide       = 16384
 )
 
 // Validate implements the validator interceptor's interface.
@@ -50,6 +53,48 @@ func (d *DatasetSpec) Validate() error {
 	}
 	if d.GetShuffle().GetWindowRows() < 0 {
 		return errors.New("dataset.shuffle.window_rows must not be negative")
+	}
+	if im := d.GetImage(); im != nil {
+		return im.Validate()
+	}
+	return nil
+}
+
+// Validate checks an image decode's shape and bounds; the daemon checks the
+// meaning (ratios, the output size being fixed) when it compiles it.
+func (im *ImageDecode) Validate() error {
+	if im.GetColumn() == "" || len(im.GetColumn()) > MaxURILen {
+		return errors.New("dataset.image.column is required")
+	}
+	if n := len(im.GetTransforms()); n > MaxImageTransforms {
+		return fmt.Errorf("dataset.image.transforms: %d, at most %d", n, MaxImageTransforms)
+	}
+	size := func(i int, h, w int32) error {
+		if h < 0 || w < 0 || h > MaxImageSide || w > MaxImageSide {
+			return fmt.Errorf("dataset.image.transforms[%d]: size %dx%d, want 1..%d", i, h, w, MaxImageSide)
+		}
+		return nil
+	}
+	for i, t := range im.GetTransforms() {
+		var err error
+		switch op := t.GetOp().(type) {
+		case *ImageTransform_RandomResizedCrop:
+			err = size(i, op.RandomResizedCrop.GetHeight(), op.RandomResizedCrop.GetWidth())
+		case *ImageTransform_Resize:
+			err = size(i, op.Resize.GetHeight(), op.Resize.GetWidth())
+		case *ImageTransform_CenterCrop:
+			err = size(i, op.CenterCrop.GetHeight(), op.CenterCrop.GetWidth())
+		case *ImageTransform_RandomHorizontalFlip:
+		case *ImageTransform_Normalize:
+			if len(op.Normalize.GetMean()) > 3 || len(op.Normalize.GetStd()) > 3 {
+				err = fmt.Errorf("dataset.image.transforms[%d]: normalize takes at most 3 means and stds", i)
+			}
+		default:
+			err = fmt.Errorf("dataset.image.transforms[%d] is empty", i)
+		}
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }
