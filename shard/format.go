@@ -44,7 +44,7 @@ type Formats map[string]Format
 // DefaultFormats returns every format this build reads.
 func DefaultFormats() Formats {
 	fs := Formats{}
-	for _, f := range []Format{Parquet{}} {
+	for _, f := range []Format{Parquet{}, CSV{}, JSONLines{}, NumPy{}} {
 		fs[f.Name()] = f
 	}
 	return fs
