@@ -23,6 +23,9 @@ const (
 	// OptDelimiter is the field delimiter, one character; default "," (tab
 	// for files named *.tsv).
 	OptDelimiter = "delimiter"
+	// OptLazyQuotes "true" lets a quote appear in an unquoted field and a
+	// lone quote in a quoted one (encoding/csv's LazyQuotes).
+	OptLazyQuotes = "lazy_quotes"
 	// OptHeader "false" means the file has no header row; columns are then
 	// named f0, f1, ...
 	OptHeader = "header"
@@ -42,6 +45,7 @@ func (CSV) Name() string { return "csv" }
 type csvState struct {
 	textState
 	comma rune
+	lazy  bool
 }
 
 func csvComma(uri string, opts map[string]string) (rune, error) {
@@ -86,7 +90,7 @@ func (CSV) Inspect(ctx context.Context, f File, info FileInfo, opts map[string]s
 			return nil, err
 		}
 		hasHeader := opts[OptHeader] != "false"
-		st := &csvState{comma: comma}
+		st := &csvState{comma: comma, lazy: opts[OptLazyQuotes] == "true"}
 		size := f.Size()
 		start := int64(0)
 		if head, err := readRange(f, info.URI, 0, min(3, size)); err != nil {
@@ -95,13 +99,13 @@ func (CSV) Inspect(ctx context.Context, f File, info FileInfo, opts map[string]s
 			start = 3
 		}
 		cut := blockCutter{target: blockBytes}
-		sc := recordScanner{uri: info.URI, maxRec: maxRec, onRecord: func(s, e, line int64, _ []byte) error {
+		sc := recordScanner{uri: info.URI, maxRec: maxRec, comma: byte(min(comma, 0x7f)), onRecord: func(s, e, line int64, _ []byte) error {
 			if hasHeader && st.header == nil {
 				raw, err := readRange(f, info.URI, s, e-s)
 				if err != nil {
 					return err
 				}
-				rec, err := csvRecords(raw, comma, 1)
+				rec, err := csvRecords(raw, st, 1)
 				if err != nil {
 					return csvError(info.URI, line, err)
 				}
@@ -138,9 +142,9 @@ func (CSV) Inspect(ctx context.Context, f File, info FileInfo, opts map[string]s
 func csvNull(v string) bool { return slices.Contains(acsv.DefaultNullValues, v) }
 
 // csvRecords parses up to n records (n < 0: all) of raw CSV.
-func csvRecords(raw []byte, comma rune, n int) ([][]string, error) {
+func csvRecords(raw []byte, st *csvState, n int) ([][]string, error) {
 	r := csv.NewReader(bytes.NewReader(raw))
-	r.Comma = comma
+	r.Comma, r.LazyQuotes = st.comma, st.lazy
 	r.FieldsPerRecord = -1
 	var out [][]string
 	for n < 0 || len(out) < n {
@@ -186,7 +190,7 @@ func csvInfer(f File, uri string, st *csvState, blocks []Block, inferBytes int64
 		// Whole records only: the sample ends on a block boundary, and
 		// inference stops after about inferBytes within it.
 		r := csv.NewReader(bytes.NewReader(raw))
-		r.Comma, r.FieldsPerRecord, r.ReuseRecord = st.comma, -1, false
+		r.Comma, r.FieldsPerRecord, r.LazyQuotes = st.comma, -1, st.lazy
 		for {
 			off := r.InputOffset()
 			if off > inferBytes && len(rows) > 0 {
@@ -305,6 +309,7 @@ func (CSV) ReadBlock(ctx context.Context, f File, meta *FileMeta, block int, col
 		opts := []acsv.Option{
 			acsv.WithComma(st.comma), acsv.WithHeader(false), acsv.WithChunk(-1),
 			acsv.WithAllocator(mem), acsv.WithNullReader(false, acsv.DefaultNullValues...),
+			acsv.WithLazyQuotes(st.lazy),
 		}
 		rec, err := readCSV(raw, meta.Schema, opts)
 		if err != nil {
@@ -322,7 +327,14 @@ func (CSV) ReadBlock(ctx context.Context, f File, meta *FileMeta, block int, col
 	})
 }
 
-func readCSV(raw []byte, sc *arrow.Schema, opts []acsv.Option) (arrow.RecordBatch, error) {
+func readCSV(raw []byte, sc *arrow.Schema, opts []acsv.Option) (rec arrow.RecordBatch, err error) {
+	// arrow-go's reader panics on a record with more fields than the
+	// schema; make it an error so csvLocate can name the line.
+	defer func() {
+		if p := recover(); p != nil {
+			rec, err = nil, fmt.Errorf("reader panicked: %v", p)
+		}
+	}()
 	r := acsv.NewReader(bytes.NewReader(raw), sc, opts...)
 	defer r.Release()
 	if !r.Next() {
@@ -331,10 +343,10 @@ func readCSV(raw []byte, sc *arrow.Schema, opts []acsv.Option) (arrow.RecordBatc
 		}
 		return nil, errors.New("no rows")
 	}
-	rec := r.RecordBatch()
 	if err := r.Err(); err != nil {
 		return nil, err
 	}
+	rec = r.RecordBatch()
 	rec.Retain()
 	return rec, nil
 }
@@ -343,7 +355,7 @@ func readCSV(raw []byte, sc *arrow.Schema, opts []acsv.Option) (arrow.RecordBatc
 // names its line and column: arrow-go's reader reports no position.
 func csvLocate(uri string, raw []byte, st *csvState, sc *arrow.Schema, first int64, cause error) error {
 	r := csv.NewReader(bytes.NewReader(raw))
-	r.Comma, r.FieldsPerRecord = st.comma, sc.NumFields()
+	r.Comma, r.FieldsPerRecord, r.LazyQuotes = st.comma, sc.NumFields(), st.lazy
 	for {
 		rec, err := r.Read()
 		if errors.Is(err, io.EOF) {

@@ -88,7 +88,8 @@ type textState struct {
 // skipped, as encoding/csv and JSON Lines readers do. It tracks lines so that
 // every record and block can be named by line.
 type recordScanner struct {
-	json bool // JSON nesting rules; otherwise CSV quoting
+	json  bool // JSON nesting rules; otherwise CSV quoting
+	comma byte // CSV delimiter (an ASCII one; others only end fields)
 	// onRecord is called for each non-blank record: its byte range (the
 	// trailing newline included in end) and the line it starts on. rec holds
 	// the record's bytes when keep is set.
@@ -103,15 +104,17 @@ func (s *recordScanner) scan(ctx context.Context, f io.ReaderAt, off, size int64
 	const chunk = 1 << 20
 	buf := make([]byte, chunk)
 	var (
-		line      int64 = 1
-		recStart        = off
-		recLine   int64 = 1
-		blank           = true // only whitespace so far in this record
-		inQuote   bool
-		escaped   bool
-		depth     int
-		rec       []byte
-		pos       = off
+		line       int64 = 1
+		recStart         = off
+		recLine    int64 = 1
+		blank            = true // only whitespace so far in this record
+		inQuote    bool
+		escaped    bool
+		closed     bool // CSV: a quoted field just closed
+		fieldStart = true
+		depth      int
+		rec        []byte
+		pos        = off
 	)
 	emit := func(end int64) error {
 		if !blank {
@@ -156,12 +159,22 @@ func (s *recordScanner) scan(ctx context.Context, f io.ReaderAt, off, size int64
 				case c == '}' || c == ']':
 					depth--
 				}
-			} else if c == '"' {
-				inQuote = !inQuote
-				blank = false
-				continue
-			} else if inQuote {
-				continue
+			} else {
+				// CSV: a quote opens a quoted field only at the field's
+				// start; inside one, "" is a quote and a lone " closes it.
+				switch {
+				case inQuote:
+					if c == '"' {
+						inQuote, closed = false, true
+					}
+					continue
+				case c == '"':
+					inQuote = closed || fieldStart
+					closed, fieldStart, blank = false, false, false
+					continue
+				}
+				closed = false
+				fieldStart = c == s.comma || c == '\n'
 			}
 			switch c {
 			case '\n':
