@@ -85,8 +85,12 @@ test-py: build venv
 
 # Each parser of outside input fuzzed briefly (go test runs the seeds anyway).
 FUZZTIME ?= 10s
+# The format readers' targets are seeded with the corpora; a failing input is
+# saved under shard/testdata/fuzz and replayed by plain go test.
+SHARD_FUZZ := FuzzCSV FuzzJSONLines FuzzNumPy FuzzNumPyZip
 test-fuzz: deps
 	$(GO) test -run '^$$' -fuzz '^FuzzLoadConfig$$' -fuzztime $(FUZZTIME) ./cmd/loaderd
+	for f in $(SHARD_FUZZ); do $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./shard/; done
 
 # The systemd unit, the Kubernetes manifests and the Dockerfile, with real tools.
 test-deploy: build venv

@@ -117,9 +117,22 @@ func (NumPy) Inspect(ctx context.Context, f File, info FileInfo, opts map[string
 				break
 			}
 		}
+		maxRec, err := intOption(opts, OptMaxRecordBytes, defaultMaxRecordBytes)
+		if err != nil {
+			return nil, err
+		}
 		var rowBytes int64
 		fields := make([]arrow.Field, len(st.arrays))
 		for i, a := range st.arrays {
+			// Bound what one block read allocates, whatever a header claims.
+			if rb := a.rowLen * int64(a.size); rb > maxRec {
+				return nil, &InputError{File: info.URI, Where: "array " + a.name, Class: ErrUnsupported,
+					Err: fmt.Errorf("one row is %d bytes, over max_record_bytes=%d", rb, maxRec)}
+			}
+			if whole := a.rowLen * a.rows() * int64(a.size); a.fortran && len(a.shape) > 1 && whole > maxRec {
+				return nil, &InputError{File: info.URI, Where: "array " + a.name, Class: ErrUnsupported,
+					Err: fmt.Errorf("Fortran-order arrays are read whole, and this one is %d bytes, over max_record_bytes=%d (save it with numpy.ascontiguousarray)", whole, maxRec)}
+			}
 			rowBytes += a.rowLen * int64(a.size)
 			fields[i] = arrow.Field{Name: a.name, Type: a.typ, Nullable: false}
 		}
