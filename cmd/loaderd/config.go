@@ -36,6 +36,11 @@ type Config struct {
 	LogLevel   slog.Level `yaml:"log-level"`
 	AllowUIDs  []string   `yaml:"allow-uid"`
 	AllowGIDs  []string   `yaml:"allow-gid"`
+	// Object stores: an allow-list of buckets (empty: whatever the
+	// credentials reach) and endpoints of S3- or GCS-compatible servers.
+	AllowBuckets []string `yaml:"allow-bucket"`
+	S3Endpoint   string   `yaml:"s3-endpoint"`
+	GCSEndpoint  string   `yaml:"gcs-endpoint"`
 }
 
 // defaultConfig holds the defaults that differ from the zero value and do not
@@ -53,6 +58,9 @@ func (c *Config) flags(fs *flag.FlagSet) {
 	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn, error")
 	fs.Var(&listFlag{v: &c.AllowUIDs}, "allow-uid", "user (name or uid) allowed to connect besides the daemon's own and root; repeatable")
 	fs.Var(&listFlag{v: &c.AllowGIDs}, "allow-gid", "group (name or gid) whose members may connect; repeatable")
+	fs.Var(&listFlag{v: &c.AllowBuckets}, "allow-bucket", "object-store bucket datasets may be read from, as s3://name, gs://name or name; repeatable (default: any the credentials reach)")
+	fs.StringVar(&c.S3Endpoint, "s3-endpoint", c.S3Endpoint, "URL of an S3-compatible server (default: AWS, or $AWS_ENDPOINT_URL)")
+	fs.StringVar(&c.GCSEndpoint, "gcs-endpoint", c.GCSEndpoint, "URL of a GCS-compatible server (default: Google Cloud Storage)")
 }
 
 // EnsureDefaults fills what neither the file nor the flags set.

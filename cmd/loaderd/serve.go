@@ -9,6 +9,7 @@ import (
 	"github.com/loaderd/loaderd/feed"
 	"github.com/loaderd/loaderd/prefetch"
 	"github.com/loaderd/loaderd/shard"
+	"github.com/loaderd/loaderd/shard/objstore"
 )
 
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -48,9 +49,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // daemon is the wired-up server and what it owns.
 type daemon struct {
-	srv   *feed.Server
-	cache *cache.Cache
-	roots []string
+	srv     *feed.Server
+	cache   *cache.Cache
+	objects *objstore.Store
+	roots   []string
 }
 
 func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, error) {
@@ -63,9 +65,15 @@ func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, erro
 		return nil, err
 	}
 	var store shard.Store = local
+	// Remote reads are slow and billed: the block cache matters most there.
+	objects := objstore.New(objstore.Options{AllowBuckets: cfg.AllowBuckets, S3Endpoint: cfg.S3Endpoint,
+		GCSEndpoint: cfg.GCSEndpoint, Logger: log})
+	var remote shard.Store = objects
 	if cfg.CacheBytes > 0 {
 		store = cache.NewStore(local, c)
+		remote = cache.NewStore(objects, c)
 	}
+	store = shard.Router{Local: store, Remote: map[string]shard.Store{"s3": remote, "gs": remote}}
 	srv, err := feed.NewServer(feed.Options{
 		Socket: cfg.Socket, AllowUIDs: uids, AllowGIDs: gids, Version: version,
 	}, feed.Deps{
@@ -73,9 +81,13 @@ func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, erro
 	})
 	if err != nil {
 		c.Close()
+		_ = objects.Close()
 		return nil, err
 	}
-	return &daemon{srv: srv, cache: c, roots: local.Roots()}, nil
+	return &daemon{srv: srv, cache: c, objects: objects, roots: local.Roots()}, nil
 }
 
-func (d *daemon) close() { d.cache.Close() }
+func (d *daemon) close() {
+	d.cache.Close()
+	_ = d.objects.Close()
+}
