@@ -223,6 +223,14 @@ type StatusReport struct {
 	Uptime   float64
 	Sessions []SessionReport
 	Plans    []PlanReport
+	Writes   []WriteReport
+}
+
+// WriteReport is the progress of one dataset write.
+type WriteReport struct {
+	ID, Job, Dir, Format, State, Error string
+	Rows, TotalRows, Files, Bytes      int64
+	Seconds                            float64
 }
 
 // Status asks the daemon for its status.
@@ -245,6 +253,13 @@ func (c *Client) Status(ctx context.Context) (StatusReport, error) {
 			pr.Ranks = append(pr.Ranks, int(rank))
 		}
 		r.Plans = append(r.Plans, pr)
+	}
+	for _, w := range resp.GetWrites() {
+		r.Writes = append(r.Writes, WriteReport{
+			ID: w.GetWriteId(), Job: w.GetJob(), Dir: w.GetDir(), Format: w.GetFormat(), State: w.GetState(),
+			Error: w.GetError(), Rows: w.GetRowsWritten(), TotalRows: w.GetRowsTotal(), Files: w.GetFilesWritten(),
+			Bytes: w.GetBytesWritten(), Seconds: w.GetSeconds(),
+		})
 	}
 	return r, nil
 }

@@ -43,6 +43,8 @@ type Options struct {
 	ReadAhead int
 	// Datasets is how many opened datasets are kept for reuse.
 	Datasets int
+	// GroupBytes bounds the rows one GroupBy holds to assemble its groups.
+	GroupBytes int64
 	// ShutdownGrace is how long open calls may run after a stop is asked for.
 	ShutdownGrace time.Duration
 	Version       string
@@ -74,6 +76,9 @@ func (o *Options) EnsureDefaults() {
 	if o.Datasets == 0 {
 		o.Datasets = 64
 	}
+	if o.GroupBytes == 0 {
+		o.GroupBytes = 1 << 30
+	}
 	if o.ShutdownGrace == 0 {
 		o.ShutdownGrace = 5 * time.Second
 	}
@@ -102,6 +107,8 @@ type Deps struct {
 	Pool    *prefetch.Pool
 	Mem     memory.Allocator
 	Logger  *slog.Logger
+	// Outputs opens the directories Write writes to; nil: no writes.
+	Outputs shard.Outputs
 }
 
 // Server serves the feed API on a Unix socket.
@@ -112,6 +119,8 @@ type Server struct {
 	mem      memory.Allocator
 	datasets *datasets
 	sessions *sessions
+	writes   *writes
+	outputs  shard.Outputs
 	started  time.Time
 	// base is canceled when the server stops; every session derives from it.
 	base context.Context
@@ -139,6 +148,7 @@ func NewServer(opts Options, deps Deps) (*Server, error) {
 		opts: opts, log: deps.Logger, pool: deps.Pool, mem: deps.Mem,
 		datasets: newDatasets(shard.OpenOptions{Store: deps.Store, Formats: deps.Formats}, opts.Datasets),
 		sessions: newSessions(),
+		writes:   &writes{}, outputs: deps.Outputs,
 	}, nil
 }
 

@@ -48,6 +48,7 @@ func (v *service) Status(context.Context, *feedv1.StatusRequest) (*feedv1.Status
 		Version:       v.s.opts.Version,
 		UptimeSeconds: now.Sub(v.s.started).Seconds(),
 		Sessions:      v.s.sessions.status(now),
+		Writes:        v.s.writes.status(),
 		Plans:         v.s.sessions.plans(),
 	}, nil
 }

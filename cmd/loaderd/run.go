@@ -109,10 +109,22 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stdout, "loaderd %s on %s, up %s, %d sessions\n", st.Version, socket,
 		(time.Duration(st.Uptime) * time.Second).Round(time.Second), len(st.Sessions))
-	if len(st.Sessions) == 0 {
-		return nil
-	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	if len(st.Writes) > 0 {
+		fmt.Fprintln(tw, "WRITE\tJOB\tFORMAT\tSTATE\tROWS\tFILES\tMB\tSECONDS\tDIR")
+		for _, w := range st.Writes {
+			state := w.State
+			if w.Error != "" {
+				state += ": " + w.Error
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%d\t%.1f\t%.1f\t%s\n", w.ID, w.Job, w.Format, state,
+				w.Rows, w.TotalRows, w.Files, float64(w.Bytes)/1e6, w.Seconds, w.Dir)
+		}
+		fmt.Fprintln(tw)
+	}
+	if len(st.Sessions) == 0 {
+		return tw.Flush()
+	}
 	fmt.Fprintln(tw, "SESSION\tJOB\tRANK\tEPOCH\tBATCHES\tROWS\tMB\tBATCHES/S\tQUEUE")
 	for _, s := range st.Sessions {
 		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%d\t%d\t%.1f\t%.1f\t%d\n", s.ID, s.Job, s.Rank, s.World, s.Epoch,

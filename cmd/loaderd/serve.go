@@ -78,6 +78,7 @@ func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, erro
 		Socket: cfg.Socket, AllowUIDs: uids, AllowGIDs: gids, Version: version,
 	}, feed.Deps{
 		Store: store, Formats: shard.DefaultFormats(), Pool: prefetch.NewPool(cfg.Workers), Logger: log,
+		Outputs: local,
 	})
 	if err != nil {
 		c.Close()

@@ -193,7 +193,10 @@ type DatasetSpec struct {
 	Shuffle *Shuffle `protobuf:"bytes,4,opt,name=shuffle,proto3" json:"shuffle,omitempty"`
 	OnError OnError  `protobuf:"varint,5,opt,name=on_error,json=onError,proto3,enum=loaderd.feed.v1.OnError" json:"on_error,omitempty"`
 	// Format-specific options.
-	Options       map[string]string `protobuf:"bytes,6,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Options map[string]string `protobuf:"bytes,6,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// repartition(n): the rows regrouped into n equal partitions, which sets
+	// the number of files Write produces. 0: as read.
+	Partitions    int32 `protobuf:"varint,20,opt,name=partitions,proto3" json:"partitions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -268,6 +271,13 @@ func (x *DatasetSpec) GetOptions() map[string]string {
 		return x.Options
 	}
 	return nil
+}
+
+func (x *DatasetSpec) GetPartitions() int32 {
+	if x != nil {
+		return x.Partitions
+	}
+	return 0
 }
 
 type Shuffle struct {
@@ -997,6 +1007,8 @@ type StatusResponse struct {
 	Version       string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
 	UptimeSeconds float64                `protobuf:"fixed64,2,opt,name=uptime_seconds,json=uptimeSeconds,proto3" json:"uptime_seconds,omitempty"`
 	Sessions      []*SessionStatus       `protobuf:"bytes,3,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	// Writes running now and the last ones finished.
+	Writes []*WriteStatus `protobuf:"bytes,40,rep,name=writes,proto3" json:"writes,omitempty"`
 	// The plans this daemon serves now, one per job, epoch and plan: compare
 	// them across the nodes of a job.
 	Plans         []*PlanStatus `protobuf:"bytes,60,rep,name=plans,proto3" json:"plans,omitempty"`
@@ -1051,6 +1063,13 @@ func (x *StatusResponse) GetUptimeSeconds() float64 {
 func (x *StatusResponse) GetSessions() []*SessionStatus {
 	if x != nil {
 		return x.Sessions
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetWrites() []*WriteStatus {
+	if x != nil {
+		return x.Writes
 	}
 	return nil
 }
@@ -1468,18 +1487,410 @@ func (x *PlanResponse) GetTotalSamples() int64 {
 	return 0
 }
 
+type WriteRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Dataset *DatasetSpec           `protobuf:"bytes,1,opt,name=dataset,proto3" json:"dataset,omitempty"`
+	// parquet, csv or json (JSON Lines).
+	Format string `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"`
+	// Absolute directory, inside a data root; created when missing. Files are
+	// named part-NNNNN.<ext>.
+	Dir string `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
+	// Rows per file when the dataset sets no partitions; 0: one file per input
+	// file's worth of rows.
+	RowsPerFile   int64  `protobuf:"varint,4,opt,name=rows_per_file,json=rowsPerFile,proto3" json:"rows_per_file,omitempty"`
+	Job           string `protobuf:"bytes,5,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteRequest) Reset() {
+	*x = WriteRequest{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteRequest) ProtoMessage() {}
+
+func (x *WriteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
+func (*WriteRequest) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *WriteRequest) GetDataset() *DatasetSpec {
+	if x != nil {
+		return x.Dataset
+	}
+	return nil
+}
+
+func (x *WriteRequest) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
+func (x *WriteRequest) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *WriteRequest) GetRowsPerFile() int64 {
+	if x != nil {
+		return x.RowsPerFile
+	}
+	return 0
+}
+
+func (x *WriteRequest) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+type WriteResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Paths         []string               `protobuf:"bytes,1,rep,name=paths,proto3" json:"paths,omitempty"`
+	Rows          int64                  `protobuf:"varint,2,opt,name=rows,proto3" json:"rows,omitempty"`
+	Bytes         int64                  `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteResponse) Reset() {
+	*x = WriteResponse{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteResponse) ProtoMessage() {}
+
+func (x *WriteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
+func (*WriteResponse) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *WriteResponse) GetPaths() []string {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
+func (x *WriteResponse) GetRows() int64 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *WriteResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+type WriteStatus struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	WriteId      string                 `protobuf:"bytes,1,opt,name=write_id,json=writeId,proto3" json:"write_id,omitempty"`
+	Job          string                 `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
+	Dir          string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
+	Format       string                 `protobuf:"bytes,4,opt,name=format,proto3" json:"format,omitempty"`
+	RowsWritten  int64                  `protobuf:"varint,5,opt,name=rows_written,json=rowsWritten,proto3" json:"rows_written,omitempty"`
+	RowsTotal    int64                  `protobuf:"varint,6,opt,name=rows_total,json=rowsTotal,proto3" json:"rows_total,omitempty"`
+	FilesWritten int64                  `protobuf:"varint,7,opt,name=files_written,json=filesWritten,proto3" json:"files_written,omitempty"`
+	BytesWritten int64                  `protobuf:"varint,8,opt,name=bytes_written,json=bytesWritten,proto3" json:"bytes_written,omitempty"`
+	// running, done or failed (with error).
+	State         string  `protobuf:"bytes,9,opt,name=state,proto3" json:"state,omitempty"`
+	Error         string  `protobuf:"bytes,10,opt,name=error,proto3" json:"error,omitempty"`
+	Seconds       float64 `protobuf:"fixed64,11,opt,name=seconds,proto3" json:"seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteStatus) Reset() {
+	*x = WriteStatus{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteStatus) ProtoMessage() {}
+
+func (x *WriteStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteStatus.ProtoReflect.Descriptor instead.
+func (*WriteStatus) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *WriteStatus) GetWriteId() string {
+	if x != nil {
+		return x.WriteId
+	}
+	return ""
+}
+
+func (x *WriteStatus) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *WriteStatus) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *WriteStatus) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
+func (x *WriteStatus) GetRowsWritten() int64 {
+	if x != nil {
+		return x.RowsWritten
+	}
+	return 0
+}
+
+func (x *WriteStatus) GetRowsTotal() int64 {
+	if x != nil {
+		return x.RowsTotal
+	}
+	return 0
+}
+
+func (x *WriteStatus) GetFilesWritten() int64 {
+	if x != nil {
+		return x.FilesWritten
+	}
+	return 0
+}
+
+func (x *WriteStatus) GetBytesWritten() int64 {
+	if x != nil {
+		return x.BytesWritten
+	}
+	return 0
+}
+
+func (x *WriteStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *WriteStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *WriteStatus) GetSeconds() float64 {
+	if x != nil {
+		return x.Seconds
+	}
+	return 0
+}
+
+type GroupByRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Dataset *DatasetSpec           `protobuf:"bytes,1,opt,name=dataset,proto3" json:"dataset,omitempty"`
+	Key     string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	// Only the (key, count) batch, not the groups.
+	CountOnly     bool `protobuf:"varint,3,opt,name=count_only,json=countOnly,proto3" json:"count_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupByRequest) Reset() {
+	*x = GroupByRequest{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupByRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupByRequest) ProtoMessage() {}
+
+func (x *GroupByRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupByRequest.ProtoReflect.Descriptor instead.
+func (*GroupByRequest) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GroupByRequest) GetDataset() *DatasetSpec {
+	if x != nil {
+		return x.Dataset
+	}
+	return nil
+}
+
+func (x *GroupByRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *GroupByRequest) GetCountOnly() bool {
+	if x != nil {
+		return x.CountOnly
+	}
+	return false
+}
+
+type GroupByResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One Arrow IPC stream holding one record batch: a group's rows, or the
+	// counts (columns key and count, sorted by key).
+	ArrowIpc      []byte `protobuf:"bytes,1,opt,name=arrow_ipc,json=arrowIpc,proto3" json:"arrow_ipc,omitempty"`
+	Group         int64  `protobuf:"varint,2,opt,name=group,proto3" json:"group,omitempty"`
+	NumGroups     int64  `protobuf:"varint,3,opt,name=num_groups,json=numGroups,proto3" json:"num_groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupByResponse) Reset() {
+	*x = GroupByResponse{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupByResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupByResponse) ProtoMessage() {}
+
+func (x *GroupByResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupByResponse.ProtoReflect.Descriptor instead.
+func (*GroupByResponse) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GroupByResponse) GetArrowIpc() []byte {
+	if x != nil {
+		return x.ArrowIpc
+	}
+	return nil
+}
+
+func (x *GroupByResponse) GetGroup() int64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *GroupByResponse) GetNumGroups() int64 {
+	if x != nil {
+		return x.NumGroups
+	}
+	return 0
+}
+
 var File_loaderd_feed_v1_feed_proto protoreflect.FileDescriptor
 
 const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\n" +
-	"\x1aloaderd/feed/v1/feed.proto\x12\x0floaderd.feed.v1\"\xbd\x02\n" +
+	"\x1aloaderd/feed/v1/feed.proto\x12\x0floaderd.feed.v1\"\xdd\x02\n" +
 	"\vDatasetSpec\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\tR\x06format\x12\x12\n" +
 	"\x04uris\x18\x02 \x03(\tR\x04uris\x12\x18\n" +
 	"\acolumns\x18\x03 \x03(\tR\acolumns\x122\n" +
 	"\ashuffle\x18\x04 \x01(\v2\x18.loaderd.feed.v1.ShuffleR\ashuffle\x123\n" +
 	"\bon_error\x18\x05 \x01(\x0e2\x18.loaderd.feed.v1.OnErrorR\aonError\x12C\n" +
-	"\aoptions\x18\x06 \x03(\v2).loaderd.feed.v1.DatasetSpec.OptionsEntryR\aoptions\x1a:\n" +
+	"\aoptions\x18\x06 \x03(\v2).loaderd.feed.v1.DatasetSpec.OptionsEntryR\aoptions\x12\x1e\n" +
+	"\n" +
+	"partitions\x18\x14 \x01(\x05R\n" +
+	"partitions\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\">\n" +
@@ -1539,11 +1950,12 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\tarrow_ipc\x18\x05 \x01(\fR\barrowIpc\x12\x1f\n" +
 	"\vnext_sample\x18\x06 \x01(\x03R\n" +
 	"nextSample\"\x0f\n" +
-	"\rStatusRequest\"\xc0\x01\n" +
+	"\rStatusRequest\"\xf6\x01\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
 	"\x0euptime_seconds\x18\x02 \x01(\x01R\ruptimeSeconds\x12:\n" +
-	"\bsessions\x18\x03 \x03(\v2\x1e.loaderd.feed.v1.SessionStatusR\bsessions\x121\n" +
+	"\bsessions\x18\x03 \x03(\v2\x1e.loaderd.feed.v1.SessionStatusR\bsessions\x124\n" +
+	"\x06writes\x18( \x03(\v2\x1c.loaderd.feed.v1.WriteStatusR\x06writes\x121\n" +
 	"\x05plans\x18< \x03(\v2\x1b.loaderd.feed.v1.PlanStatusR\x05plans\"\x94\x01\n" +
 	"\n" +
 	"PlanStatus\x12\x10\n" +
@@ -1582,7 +1994,41 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\vnum_samples\x18\x02 \x01(\x03R\n" +
 	"numSamples\x12'\n" +
 	"\x0fpadding_samples\x18\x03 \x01(\x03R\x0epaddingSamples\x12#\n" +
-	"\rtotal_samples\x18\x04 \x01(\x03R\ftotalSamples*J\n" +
+	"\rtotal_samples\x18\x04 \x01(\x03R\ftotalSamples\"\xa6\x01\n" +
+	"\fWriteRequest\x126\n" +
+	"\adataset\x18\x01 \x01(\v2\x1c.loaderd.feed.v1.DatasetSpecR\adataset\x12\x16\n" +
+	"\x06format\x18\x02 \x01(\tR\x06format\x12\x10\n" +
+	"\x03dir\x18\x03 \x01(\tR\x03dir\x12\"\n" +
+	"\rrows_per_file\x18\x04 \x01(\x03R\vrowsPerFile\x12\x10\n" +
+	"\x03job\x18\x05 \x01(\tR\x03job\"O\n" +
+	"\rWriteResponse\x12\x14\n" +
+	"\x05paths\x18\x01 \x03(\tR\x05paths\x12\x12\n" +
+	"\x04rows\x18\x02 \x01(\x03R\x04rows\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\x03R\x05bytes\"\xb6\x02\n" +
+	"\vWriteStatus\x12\x19\n" +
+	"\bwrite_id\x18\x01 \x01(\tR\awriteId\x12\x10\n" +
+	"\x03job\x18\x02 \x01(\tR\x03job\x12\x10\n" +
+	"\x03dir\x18\x03 \x01(\tR\x03dir\x12\x16\n" +
+	"\x06format\x18\x04 \x01(\tR\x06format\x12!\n" +
+	"\frows_written\x18\x05 \x01(\x03R\vrowsWritten\x12\x1d\n" +
+	"\n" +
+	"rows_total\x18\x06 \x01(\x03R\trowsTotal\x12#\n" +
+	"\rfiles_written\x18\a \x01(\x03R\ffilesWritten\x12#\n" +
+	"\rbytes_written\x18\b \x01(\x03R\fbytesWritten\x12\x14\n" +
+	"\x05state\x18\t \x01(\tR\x05state\x12\x14\n" +
+	"\x05error\x18\n" +
+	" \x01(\tR\x05error\x12\x18\n" +
+	"\aseconds\x18\v \x01(\x01R\aseconds\"y\n" +
+	"\x0eGroupByRequest\x126\n" +
+	"\adataset\x18\x01 \x01(\v2\x1c.loaderd.feed.v1.DatasetSpecR\adataset\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1d\n" +
+	"\n" +
+	"count_only\x18\x03 \x01(\bR\tcountOnly\"c\n" +
+	"\x0fGroupByResponse\x12\x1b\n" +
+	"\tarrow_ipc\x18\x01 \x01(\fR\barrowIpc\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\x03R\x05group\x12\x1d\n" +
+	"\n" +
+	"num_groups\x18\x03 \x01(\x03R\tnumGroups*J\n" +
 	"\aOnError\x12\x18\n" +
 	"\x14ON_ERROR_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eON_ERROR_RAISE\x10\x01\x12\x11\n" +
@@ -1593,13 +2039,15 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\x10SHARD_MODE_EXACT\x10\x02*:\n" +
 	"\tTransport\x12\x19\n" +
 	"\x15TRANSPORT_UNSPECIFIED\x10\x00\x12\x12\n" +
-	"\x0eTRANSPORT_GRPC\x10\x012\x84\x03\n" +
+	"\x0eTRANSPORT_GRPC\x10\x012\x9c\x04\n" +
 	"\x04Feed\x12O\n" +
 	"\bDescribe\x12 .loaderd.feed.v1.DescribeRequest\x1a!.loaderd.feed.v1.DescribeResponse\x12M\n" +
 	"\x06Stream\x12\x1e.loaderd.feed.v1.StreamRequest\x1a\x1f.loaderd.feed.v1.StreamResponse(\x010\x01\x12I\n" +
 	"\x06Status\x12\x1e.loaderd.feed.v1.StatusRequest\x1a\x1f.loaderd.feed.v1.StatusResponse\x12L\n" +
 	"\aVersion\x12\x1f.loaderd.feed.v1.VersionRequest\x1a .loaderd.feed.v1.VersionResponse\x12C\n" +
-	"\x04Plan\x12\x1c.loaderd.feed.v1.PlanRequest\x1a\x1d.loaderd.feed.v1.PlanResponseB<Z:github.com/loaderd/loaderd/feed/api/loaderd/feed/v1;feedv1b\x06proto3"
+	"\x04Plan\x12\x1c.loaderd.feed.v1.PlanRequest\x1a\x1d.loaderd.feed.v1.PlanResponse\x12F\n" +
+	"\x05Write\x12\x1d.loaderd.feed.v1.WriteRequest\x1a\x1e.loaderd.feed.v1.WriteResponse\x12N\n" +
+	"\aGroupBy\x12\x1f.loaderd.feed.v1.GroupByRequest\x1a .loaderd.feed.v1.GroupByResponse0\x01B<Z:github.com/loaderd/loaderd/feed/api/loaderd/feed/v1;feedv1b\x06proto3"
 
 var (
 	file_loaderd_feed_v1_feed_proto_rawDescOnce sync.Once
@@ -1614,7 +2062,7 @@ func file_loaderd_feed_v1_feed_proto_rawDescGZIP() []byte {
 }
 
 var file_loaderd_feed_v1_feed_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_loaderd_feed_v1_feed_proto_goTypes = []any{
 	(OnError)(0),             // 0: loaderd.feed.v1.OnError
 	(ShardMode)(0),           // 1: loaderd.feed.v1.ShardMode
@@ -1637,12 +2085,17 @@ var file_loaderd_feed_v1_feed_proto_goTypes = []any{
 	(*VersionResponse)(nil),  // 18: loaderd.feed.v1.VersionResponse
 	(*PlanRequest)(nil),      // 19: loaderd.feed.v1.PlanRequest
 	(*PlanResponse)(nil),     // 20: loaderd.feed.v1.PlanResponse
-	nil,                      // 21: loaderd.feed.v1.DatasetSpec.OptionsEntry
+	(*WriteRequest)(nil),     // 21: loaderd.feed.v1.WriteRequest
+	(*WriteResponse)(nil),    // 22: loaderd.feed.v1.WriteResponse
+	(*WriteStatus)(nil),      // 23: loaderd.feed.v1.WriteStatus
+	(*GroupByRequest)(nil),   // 24: loaderd.feed.v1.GroupByRequest
+	(*GroupByResponse)(nil),  // 25: loaderd.feed.v1.GroupByResponse
+	nil,                      // 26: loaderd.feed.v1.DatasetSpec.OptionsEntry
 }
 var file_loaderd_feed_v1_feed_proto_depIdxs = []int32{
 	4,  // 0: loaderd.feed.v1.DatasetSpec.shuffle:type_name -> loaderd.feed.v1.Shuffle
 	0,  // 1: loaderd.feed.v1.DatasetSpec.on_error:type_name -> loaderd.feed.v1.OnError
-	21, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
+	26, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
 	3,  // 3: loaderd.feed.v1.DescribeRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
 	8,  // 4: loaderd.feed.v1.StreamRequest.open:type_name -> loaderd.feed.v1.OpenStream
 	9,  // 5: loaderd.feed.v1.StreamRequest.ack:type_name -> loaderd.feed.v1.Ack
@@ -1653,23 +2106,30 @@ var file_loaderd_feed_v1_feed_proto_depIdxs = []int32{
 	12, // 10: loaderd.feed.v1.StreamResponse.batch:type_name -> loaderd.feed.v1.Batch
 	2,  // 11: loaderd.feed.v1.StreamHeader.transport:type_name -> loaderd.feed.v1.Transport
 	16, // 12: loaderd.feed.v1.StatusResponse.sessions:type_name -> loaderd.feed.v1.SessionStatus
-	15, // 13: loaderd.feed.v1.StatusResponse.plans:type_name -> loaderd.feed.v1.PlanStatus
-	8,  // 14: loaderd.feed.v1.PlanRequest.open:type_name -> loaderd.feed.v1.OpenStream
-	5,  // 15: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
-	7,  // 16: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
-	13, // 17: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
-	17, // 18: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
-	19, // 19: loaderd.feed.v1.Feed.Plan:input_type -> loaderd.feed.v1.PlanRequest
-	6,  // 20: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
-	10, // 21: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
-	14, // 22: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
-	18, // 23: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
-	20, // 24: loaderd.feed.v1.Feed.Plan:output_type -> loaderd.feed.v1.PlanResponse
-	20, // [20:25] is the sub-list for method output_type
-	15, // [15:20] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	23, // 13: loaderd.feed.v1.StatusResponse.writes:type_name -> loaderd.feed.v1.WriteStatus
+	15, // 14: loaderd.feed.v1.StatusResponse.plans:type_name -> loaderd.feed.v1.PlanStatus
+	8,  // 15: loaderd.feed.v1.PlanRequest.open:type_name -> loaderd.feed.v1.OpenStream
+	3,  // 16: loaderd.feed.v1.WriteRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
+	3,  // 17: loaderd.feed.v1.GroupByRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
+	5,  // 18: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
+	7,  // 19: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
+	13, // 20: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
+	17, // 21: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
+	19, // 22: loaderd.feed.v1.Feed.Plan:input_type -> loaderd.feed.v1.PlanRequest
+	21, // 23: loaderd.feed.v1.Feed.Write:input_type -> loaderd.feed.v1.WriteRequest
+	24, // 24: loaderd.feed.v1.Feed.GroupBy:input_type -> loaderd.feed.v1.GroupByRequest
+	6,  // 25: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
+	10, // 26: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
+	14, // 27: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
+	18, // 28: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
+	20, // 29: loaderd.feed.v1.Feed.Plan:output_type -> loaderd.feed.v1.PlanResponse
+	22, // 30: loaderd.feed.v1.Feed.Write:output_type -> loaderd.feed.v1.WriteResponse
+	25, // 31: loaderd.feed.v1.Feed.GroupBy:output_type -> loaderd.feed.v1.GroupByResponse
+	25, // [25:32] is the sub-list for method output_type
+	18, // [18:25] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_loaderd_feed_v1_feed_proto_init() }
@@ -1691,7 +2151,7 @@ func file_loaderd_feed_v1_feed_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loaderd_feed_v1_feed_proto_rawDesc), len(file_loaderd_feed_v1_feed_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   19,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
