@@ -245,9 +245,20 @@ func (v *service) runWrite(ctx context.Context, ds *shard.Dataset, sink shard.Si
 		rec := b.Record
 		for off := int64(0); off < rec.NumRows() && err == nil; {
 			n := min(rec.NumRows()-off, perFile-inFile)
-			slice := rec.NewSlice(off, off+n)
-			err = writeSlice(slice)
-			slice.Release()
+			slice := rec
+			if n != rec.NumRows() || sliced(rec) {
+				// A copy, not a view: pqarrow ignores the slice offset of
+				// fixed-size-list children and would write the wrong values.
+				view := rec.NewSlice(off, off+n)
+				slice, err = concatRecords(rec.Schema(), []arrow.RecordBatch{view})
+				view.Release()
+			} else {
+				slice.Retain()
+			}
+			if err == nil {
+				err = writeSlice(slice)
+				slice.Release()
+			}
 			off += n
 		}
 		rec.Release()
@@ -267,4 +278,14 @@ func (v *service) runWrite(ctx context.Context, ds *shard.Dataset, sink shard.Si
 		}
 	}
 	return paths, nil
+}
+
+// sliced reports whether any column of rec is a view at an offset.
+func sliced(rec arrow.RecordBatch) bool {
+	for _, c := range rec.Columns() {
+		if c.Data().Offset() != 0 {
+			return true
+		}
+	}
+	return false
 }

@@ -11,9 +11,19 @@ All reading, splitting, shuffling and decoding runs in the daemon (``loaderd
 serve``); the client only describes what it wants and receives batches.
 """
 
+from loaderd._io import GroupedData
 from loaderd._socket import default_socket
 from loaderd._version import __version__
-from loaderd.dataset import Dataset, Shard, ShardPlan, get_dataset_shard, read_parquet
+from loaderd.dataset import (
+    Dataset,
+    Shard,
+    ShardPlan,
+    get_dataset_shard,
+    read_csv,
+    read_json,
+    read_numpy,
+    read_parquet,
+)
 from loaderd.errors import (
     DaemonUnavailableError,
     DataError,
@@ -29,6 +39,7 @@ __all__ = [
     "DaemonUnavailableError",
     "DataError",
     "Dataset",
+    "GroupedData",
     "InvalidArgumentError",
     "LoaderError",
     "NotFoundError",
@@ -40,5 +51,8 @@ __all__ = [
     "__version__",
     "default_socket",
     "get_dataset_shard",
+    "read_csv",
+    "read_json",
+    "read_numpy",
     "read_parquet",
 ]
