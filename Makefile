@@ -28,6 +28,7 @@ deps:
 
 build: deps
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/loaderd ./cmd/loaderd
+	$(GO) build -o bin/objserver ./tests/objserver
 
 demo: build
 	./bin/loaderd demo

@@ -153,3 +153,50 @@ def test_groupby(fdaemon: Daemon, corpora: Path) -> None:
     assert len(maxes) == len(want)
     with pytest.raises(loaderd.InvalidArgumentError):
         ds.groupby("nope").count()
+
+
+@pytest.fixture(scope="module")
+def s3(corpora: Path) -> Iterator[str]:
+    """An S3-compatible server (gofakes3, tests/objserver) holding
+    s3://bkt/derived/ (Parquet) and s3://bkt/real-csv/."""
+    binary = Path(__file__).resolve().parents[2] / "bin" / "objserver"
+    proc = subprocess.Popen(
+        [str(binary), "--dir", str(corpora / "parquet/derived"), "--dir", str(corpora / "tabular/real-csv")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    assert url.startswith("http://127.0.0.1:"), url
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_reads_from_s3(binary: str, corpora: Path, s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    d = Daemon(
+        data_roots=[str(corpora)], binary=binary, extra_args=["--s3-endpoint", s3, "--allow-bucket", "bkt"]
+    )
+    d.start()
+    try:
+        remote = table(loaderd.read_parquet("s3://bkt/derived/*zipcodes*.parquet", socket=d.socket))
+        local = table(
+            loaderd.read_parquet(
+                str(corpora / "parquet/derived/derived_zipcodes_snappy_rg8192.parquet"), socket=d.socket
+            )
+        )
+        assert remote.num_rows == 42049 and remote.equals(local)
+        csv = loaderd.read_csv("s3://bkt/real-csv/**/seattle-*.csv", socket=d.socket, block_bytes=8192)
+        assert csv.count() == 1461
+        with pytest.raises(loaderd.PermissionDeniedError):
+            loaderd.read_parquet("s3://elsewhere/x.parquet", socket=d.socket).count()
+        with pytest.raises(loaderd.NotFoundError):
+            loaderd.read_parquet("s3://bkt/nothing/*.parquet", socket=d.socket).count()
+    finally:
+        code = d.stop()
+        d.cleanup()
+    assert code == 0
