@@ -159,20 +159,82 @@ func (JSONLines) ReadBlock(ctx context.Context, f File, meta *FileMeta, block in
 }
 
 func readJSON(raw []byte, sc *arrow.Schema, mem memory.Allocator) (arrow.RecordBatch, error) {
-	r := array.NewJSONReader(bytes.NewReader(raw), sc, array.WithChunk(-1), array.WithAllocator(mem))
-	defer r.Release()
-	if !r.Next() {
-		if err := r.Err(); err != nil {
-			return nil, err
+	// arrow-go's reader (goccy's stream decoder under it) slows down more
+	// than linearly with its input: feed it pieces of about 256 KiB, cut at
+	// record boundaries, and join the batches.
+	const piece = 256 << 10
+	var cuts []int
+	start := 0
+	sc2 := recordScanner{json: true, maxRec: int64(len(raw)) + 1, onRecord: func(_, e, _ int64, _ []byte) error {
+		if int(e)-start >= piece {
+			cuts = append(cuts, int(e))
+			start = int(e)
 		}
-		return nil, errors.New("no rows")
-	}
-	if err := r.Err(); err != nil {
+		return nil
+	}}
+	if err := sc2.scan(context.Background(), bytes.NewReader(raw), 0, int64(len(raw))); err != nil {
 		return nil, err
 	}
-	rec := r.RecordBatch()
-	rec.Retain()
-	return rec, nil
+	if start < len(raw) {
+		cuts = append(cuts, len(raw))
+	}
+	var recs []arrow.RecordBatch
+	defer func() {
+		for _, rec := range recs {
+			rec.Release()
+		}
+	}()
+	prev := 0
+	for _, c := range cuts {
+		r := array.NewJSONReader(bytes.NewReader(raw[prev:c]), sc, array.WithChunk(-1), array.WithAllocator(mem))
+		for r.Next() {
+			rec := r.RecordBatch()
+			rec.Retain()
+			recs = append(recs, rec)
+		}
+		err := r.Err()
+		r.Release()
+		if err != nil {
+			return nil, err
+		}
+		prev = c
+	}
+	if len(recs) == 0 {
+		return nil, errors.New("no rows")
+	}
+	if len(recs) == 1 {
+		recs[0].Retain()
+		return recs[0], nil
+	}
+	return concatBatches(sc, recs, mem)
+}
+
+// concatBatches joins batches of one schema into one.
+func concatBatches(sc *arrow.Schema, recs []arrow.RecordBatch, mem memory.Allocator) (arrow.RecordBatch, error) {
+	cols := make([]arrow.Array, sc.NumFields())
+	defer func() {
+		for _, c := range cols {
+			if c != nil {
+				c.Release()
+			}
+		}
+	}()
+	var rows int64
+	for _, r := range recs {
+		rows += r.NumRows()
+	}
+	for i := range cols {
+		parts := make([]arrow.Array, len(recs))
+		for j, r := range recs {
+			parts[j] = r.Column(i)
+		}
+		c, err := array.Concatenate(parts, mem)
+		if err != nil {
+			return nil, err
+		}
+		cols[i] = c
+	}
+	return array.NewRecordBatch(sc, cols, rows), nil
 }
 
 // eachRecord calls fn for every record of a block with its line offset
