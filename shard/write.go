@@ -3,6 +3,7 @@ package shard
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +12,6 @@ import (
 	"strings"
 
 	"github.com/apache/arrow-go/v18/arrow"
-	"github.com/apache/arrow-go/v18/arrow/array"
 	acsv "github.com/apache/arrow-go/v18/arrow/csv"
 	"github.com/apache/arrow-go/v18/parquet"
 	"github.com/apache/arrow-go/v18/parquet/compress"
@@ -73,7 +73,33 @@ func (c csvWriter) Close() error                      { return c.w.Flush() }
 
 type jsonWriter struct{ w *bufio.Writer }
 
-func (j *jsonWriter) Write(rec arrow.RecordBatch) error { return array.RecordToJSON(rec, j.w) }
+// Write writes one object per row, keys in column order (arrow-go's
+// RecordToJSON sorts them, which would reorder the columns read back).
+func (j *jsonWriter) Write(rec arrow.RecordBatch) error {
+	keys := make([][]byte, rec.NumCols())
+	for c := range keys {
+		k, _ := json.Marshal(rec.ColumnName(c)) // a string always marshals
+		keys[c] = append(k, ':')
+	}
+	for r := range int(rec.NumRows()) {
+		j.w.WriteByte('{')
+		for c, col := range rec.Columns() {
+			if c > 0 {
+				j.w.WriteByte(',')
+			}
+			j.w.Write(keys[c])
+			v, err := json.Marshal(col.GetOneForMarshal(r))
+			if err != nil {
+				return fmt.Errorf("column %q row %d: %w", rec.ColumnName(c), r, err)
+			}
+			j.w.Write(v)
+		}
+		if _, err := j.w.WriteString("}\n"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 func (j *jsonWriter) Close() error                      { return j.w.Flush() }
 
 // Part is one output file being written: nothing is visible under its final
