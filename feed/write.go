@@ -160,8 +160,7 @@ func filesRows(rows, partitions, perFile, inputs int64) int64 {
 func (v *service) runWrite(ctx context.Context, ds *shard.Dataset, sink shard.Sink, w *write, format, ext string, perFile int64) (paths []string, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(v.s.base, cancel)
-	defer stop()
+	defer v.s.onStop(cancel)()
 	plan, err := shard.NewEpochPlan(ds.BlockRows(), ds.Spec.Shuffle, 0, 1, shard.Exact)
 	if err != nil {
 		return nil, err
@@ -289,3 +288,6 @@ func sliced(rec arrow.RecordBatch) bool {
 	}
 	return false
 }
+
+// onStop calls fn when the server stops; the returned func unregisters it.
+func (s *Server) onStop(fn func()) func() bool { return context.AfterFunc(s.base, fn) }

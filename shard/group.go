@@ -30,7 +30,7 @@ func GroupBy(ctx context.Context, rec arrow.RecordBatch, key string) (*Groups, e
 	col := rec.Column(idx[0])
 	order, err := compute.SortIndicesArray(ctx, col, compute.DefaultSortKey())
 	if err != nil {
-		return nil, fmt.Errorf("%w: cannot group by %q of type %s: %v", ErrUnsupported, key, col.DataType(), err)
+		return nil, fmt.Errorf("%w: cannot group by %q of type %s: %w", ErrUnsupported, key, col.DataType(), err)
 	}
 	sorted, err := compute.TakeArray(ctx, col, order)
 	if err != nil {

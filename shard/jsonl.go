@@ -114,7 +114,7 @@ func jsonSyntaxError(rec []byte) error {
 	}
 	var se *json.SyntaxError
 	if errors.As(err, &se) {
-		return fmt.Errorf("invalid JSON at byte %d of the record: %v", se.Offset, se)
+		return fmt.Errorf("invalid JSON at byte %d of the record: %w", se.Offset, se)
 	}
 	return err
 }
@@ -132,7 +132,7 @@ func (JSONLines) ReadBlock(ctx context.Context, f File, meta *FileMeta, block in
 		}
 		var rec arrow.RecordBatch
 		if !st.wrap && len(st.asText) == 0 {
-			rec, err = readJSON(raw, meta.Schema, mem)
+			rec, err = readJSON(ctx, raw, meta.Schema, mem)
 		}
 		if rec == nil {
 			// The slow path: normalize every record (wrap non-objects, turn
@@ -140,7 +140,7 @@ func (JSONLines) ReadBlock(ctx context.Context, f File, meta *FileMeta, block in
 			// and when even that fails, find the record and its line.
 			norm, nerr := normalizeJSON(ctx, raw, st)
 			if nerr == nil {
-				rec, err = readJSON(norm, meta.Schema, mem)
+				rec, err = readJSON(ctx, norm, meta.Schema, mem)
 			}
 			if rec == nil {
 				return nil, jsonLocate(ctx, meta.Info.URI, raw, st, meta.Schema, line, errors.Join(err, nerr))
@@ -158,7 +158,7 @@ func (JSONLines) ReadBlock(ctx context.Context, f File, meta *FileMeta, block in
 	})
 }
 
-func readJSON(raw []byte, sc *arrow.Schema, mem memory.Allocator) (arrow.RecordBatch, error) {
+func readJSON(ctx context.Context, raw []byte, sc *arrow.Schema, mem memory.Allocator) (arrow.RecordBatch, error) {
 	// arrow-go's reader (goccy's stream decoder under it) slows down more
 	// than linearly with its input: feed it pieces of about 256 KiB, cut at
 	// record boundaries, and join the batches.
@@ -172,7 +172,7 @@ func readJSON(raw []byte, sc *arrow.Schema, mem memory.Allocator) (arrow.RecordB
 		}
 		return nil
 	}}
-	if err := sc2.scan(context.Background(), bytes.NewReader(raw), 0, int64(len(raw))); err != nil {
+	if err := sc2.scan(ctx, bytes.NewReader(raw), 0, int64(len(raw))); err != nil {
 		return nil, err
 	}
 	if start < len(raw) {
@@ -289,7 +289,7 @@ func jsonLocate(ctx context.Context, uri string, raw []byte, st *jsonState, sc *
 		norm, err := normalizeRecord(rec, st)
 		if err == nil {
 			var r arrow.RecordBatch
-			if r, err = readJSON(norm, sc, memory.DefaultAllocator); err == nil {
+			if r, err = readJSON(ctx, norm, sc, memory.DefaultAllocator); err == nil {
 				r.Release()
 				return nil
 			}

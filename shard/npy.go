@@ -131,7 +131,7 @@ func (NumPy) Inspect(ctx context.Context, f File, info FileInfo, opts map[string
 			}
 			if whole := a.rowLen * a.rows() * int64(a.size); a.fortran && len(a.shape) > 1 && whole > maxRec {
 				return nil, &InputError{File: info.URI, Where: "array " + a.name, Class: ErrUnsupported,
-					Err: fmt.Errorf("Fortran-order arrays are read whole, and this one is %d bytes, over max_record_bytes=%d (save it with numpy.ascontiguousarray)", whole, maxRec)}
+					Err: fmt.Errorf("fortran-order arrays are read whole, and this one is %d bytes, over max_record_bytes=%d (save it with numpy.ascontiguousarray)", whole, maxRec)}
 			}
 			rowBytes += a.rowLen * int64(a.size)
 			fields[i] = arrow.Field{Name: a.name, Type: a.typ, Nullable: false}

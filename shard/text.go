@@ -230,7 +230,7 @@ func (c *blockCutter) add(start, end, line int64) {
 // readRange reads a block's bytes.
 func readRange(f io.ReaderAt, uri string, off, n int64) ([]byte, error) {
 	buf := make([]byte, n)
-	if _, err := f.ReadAt(buf, off); err != nil && !(errors.Is(err, io.EOF) && n == 0) {
+	if _, err := f.ReadAt(buf, off); err != nil && (!errors.Is(err, io.EOF) || n != 0) {
 		if errors.Is(err, io.EOF) {
 			return nil, BadInput(uri, fmt.Sprintf("bytes %d..%d", off, off+n), errors.New("file is shorter than when it was inspected"))
 		}

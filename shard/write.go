@@ -41,7 +41,7 @@ func NewRecordWriter(format string, w io.Writer, sc *arrow.Schema) (RecordWriter
 			parquet.WithMaxRowGroupLength(64<<10))
 		pw, err := pqarrow.NewFileWriter(sc, w, props, pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema()))
 		if err != nil {
-			return nil, fmt.Errorf("%w: parquet cannot hold this schema: %v", ErrUnsupported, err)
+			return nil, fmt.Errorf("%w: parquet cannot hold this schema: %w", ErrUnsupported, err)
 		}
 		return pw, nil
 	case "csv":
@@ -82,17 +82,19 @@ func (j *jsonWriter) Write(rec arrow.RecordBatch) error {
 		keys[c] = append(k, ':')
 	}
 	for r := range int(rec.NumRows()) {
-		j.w.WriteByte('{')
+		// A bufio.Writer keeps its first error and returns it from every
+		// later call, so checking the last write of a row is enough.
+		_ = j.w.WriteByte('{')
 		for c, col := range rec.Columns() {
 			if c > 0 {
-				j.w.WriteByte(',')
+				_ = j.w.WriteByte(',')
 			}
-			j.w.Write(keys[c])
+			_, _ = j.w.Write(keys[c])
 			v, err := json.Marshal(col.GetOneForMarshal(r))
 			if err != nil {
 				return fmt.Errorf("column %q row %d: %w", rec.ColumnName(c), r, err)
 			}
-			j.w.Write(v)
+			_, _ = j.w.Write(v)
 		}
 		if _, err := j.w.WriteString("}\n"); err != nil {
 			return err
@@ -100,7 +102,7 @@ func (j *jsonWriter) Write(rec arrow.RecordBatch) error {
 	}
 	return nil
 }
-func (j *jsonWriter) Close() error                      { return j.w.Flush() }
+func (j *jsonWriter) Close() error { return j.w.Flush() }
 
 // Part is one output file being written: nothing is visible under its final
 // name until Commit; Abort removes what was written.

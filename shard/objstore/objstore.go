@@ -206,7 +206,7 @@ func (s *Store) openGCS(ctx context.Context, name string) (*blob.Bucket, error) 
 	}
 	creds, err := gcp.DefaultCredentials(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("Google credentials (GOOGLE_APPLICATION_CREDENTIALS or the metadata server): %w", err)
+		return nil, fmt.Errorf("no Google credentials (GOOGLE_APPLICATION_CREDENTIALS or the metadata server): %w", err)
 	}
 	client, err := gcp.NewHTTPClient(gcp.DefaultTransport(), gcp.CredentialsTokenSource(creds))
 	if err != nil {
@@ -219,9 +219,9 @@ func (s *Store) openGCS(ctx context.Context, name string) (*blob.Bucket, error) 
 func classify(uri string, err error) error {
 	switch gcerrors.Code(err) {
 	case gcerrors.NotFound:
-		return fmt.Errorf("%w: %s: %v", shard.ErrNotFound, uri, err)
+		return fmt.Errorf("%w: %s: %w", shard.ErrNotFound, uri, err)
 	case gcerrors.PermissionDenied:
-		return fmt.Errorf("%w: %s: %v", shard.ErrPermission, uri, err)
+		return fmt.Errorf("%w: %s: %w", shard.ErrPermission, uri, err)
 	}
 	return fmt.Errorf("%s: %w", uri, err)
 }
@@ -443,7 +443,7 @@ func (o *object) readOnce(p []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer r.Close()
+	defer func() { _ = r.Close() }() // a read-only body; its error adds nothing
 	n, err := io.ReadFull(r, p)
 	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 		// The body ended early: a cut connection, or the object shrank.

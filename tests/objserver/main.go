@@ -45,7 +45,7 @@ func run() error {
 	defer srv.Close()
 	if len(dirs) > 0 {
 		store := objstore.New(objstore.Options{S3Endpoint: srv.URL})
-		defer store.Close()
+		defer func() { _ = store.Close() }()
 		b, _, err := store.Bucket(ctx, "s3://"+*bucket+"/")
 		if err != nil {
 			return err
