@@ -22,7 +22,8 @@ GO_TEST_FLAGS ?= -race -count=1 -timeout 20m
 # after deps ran, so in the recipes; ensure-deps says why).
 GOTAGS       = $$(bash deploy/dev/gotags.sh)
 # Fuzz targets run briefly by `make test` (test-fuzz): package:target.
-FUZZ_TARGETS := cmd/loaderd:FuzzLoadConfig decode:FuzzParseHeader decode:FuzzDecode shard:FuzzTarIndex
+FUZZ_TARGETS := cmd/loaderd:FuzzLoadConfig decode:FuzzParseHeader decode:FuzzDecode shard:FuzzTarIndex \
+                shard:FuzzCSV shard:FuzzJSONLines shard:FuzzNumPy shard:FuzzNumPyZip
 FUZZTIME     ?= 10s
 
 .PHONY: all build demo test test-go test-py test-fuzz test-deploy protos protos-check lint bench venv deps clean
@@ -34,6 +35,7 @@ deps:
 
 build: deps
 	$(GO) build -tags "$(GOTAGS)" -ldflags "$(LDFLAGS)" -o bin/loaderd ./cmd/loaderd
+	$(GO) build -o bin/objserver ./tests/objserver
 
 demo: build
 	./bin/loaderd demo

@@ -348,6 +348,14 @@ type StatusReport struct {
 	Cache     *CacheReport  // nil when the daemon has no cache
 	Memory    *MemoryReport // nil when the daemon has no budget
 	Lookahead LookaheadReport
+	Writes    []WriteReport
+}
+
+// WriteReport is the progress of one dataset write.
+type WriteReport struct {
+	ID, Job, Dir, Format, State, Error string
+	Rows, TotalRows, Files, Bytes      int64
+	Seconds                            float64
 }
 
 // Status asks the daemon for its status.
@@ -389,6 +397,13 @@ func (c *Client) Status(ctx context.Context) (StatusReport, error) {
 	if la := resp.GetLookahead(); la != nil {
 		r.Lookahead = LookaheadReport{Waiting: int(la.GetWaiting()), Prepared: la.GetPrepared(),
 			Claimed: la.GetClaimed(), Expired: la.GetExpired(), Refused: la.GetRefused()}
+	}
+	for _, w := range resp.GetWrites() {
+		r.Writes = append(r.Writes, WriteReport{
+			ID: w.GetWriteId(), Job: w.GetJob(), Dir: w.GetDir(), Format: w.GetFormat(), State: w.GetState(),
+			Error: w.GetError(), Rows: w.GetRowsWritten(), TotalRows: w.GetRowsTotal(), Files: w.GetFilesWritten(),
+			Bytes: w.GetBytesWritten(), Seconds: w.GetSeconds(),
+		})
 	}
 	return r, nil
 }

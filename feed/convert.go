@@ -14,6 +14,8 @@ func specFromProto(d *feedv1.DatasetSpec) shard.Spec {
 		URIs:    d.GetUris(),
 		Columns: d.GetColumns(),
 		Options: d.GetOptions(),
+
+		Partitions: int(d.GetPartitions()),
 	}
 	if sh := d.GetShuffle(); sh != nil {
 		s.Shuffle = &shard.Shuffle{Seed: sh.GetSeed(), WindowRows: sh.GetWindowRows()}
@@ -74,7 +76,7 @@ func imageToProto(s *decode.Spec) *feedv1.ImageDecode {
 }
 
 func specToProto(s shard.Spec) *feedv1.DatasetSpec {
-	d := &feedv1.DatasetSpec{Format: s.Format, Uris: s.URIs, Columns: s.Columns, Options: s.Options}
+	d := &feedv1.DatasetSpec{Format: s.Format, Uris: s.URIs, Columns: s.Columns, Options: s.Options, Partitions: int32(s.Partitions)}
 	if s.Shuffle != nil {
 		d.Shuffle = &feedv1.Shuffle{Seed: s.Shuffle.Seed, WindowRows: s.Shuffle.WindowRows}
 	}

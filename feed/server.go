@@ -56,6 +56,8 @@ type Options struct {
 	// Zero takes prefetch's defaults.
 	LookaheadTTL time.Duration
 	MaxPrepared  int
+	// GroupBytes bounds the rows one GroupBy holds to assemble its groups.
+	GroupBytes int64
 	// ShutdownGrace is how long open calls may run after a stop is asked for.
 	ShutdownGrace time.Duration
 	Version       string
@@ -114,6 +116,9 @@ func (o *Options) EnsureDefaults() {
 	if o.Datasets == 0 {
 		o.Datasets = 64
 	}
+	if o.GroupBytes == 0 {
+		o.GroupBytes = 1 << 30
+	}
 	if o.ShutdownGrace == 0 {
 		o.ShutdownGrace = 5 * time.Second
 	}
@@ -163,6 +168,8 @@ type Deps struct {
 	// Decoder decodes images for specs that ask for it (default: the CPU).
 	Decoder decode.Decoder
 	Logger  *slog.Logger
+	// Outputs opens the directories Write writes to; nil: no writes.
+	Outputs shard.Outputs
 }
 
 // Server serves the feed API on a Unix socket.
@@ -178,6 +185,8 @@ type Server struct {
 	datasets *datasets
 	sessions *sessions
 	encBufs  sync.Pool // *bytes.Buffer: writing into reused memory is faster than into fresh
+	writes   *writes
+	outputs  shard.Outputs
 	started  time.Time
 	// served counts what every session together sent, since the start.
 	served struct{ batches, rows, bytes atomic.Int64 }
@@ -221,6 +230,7 @@ func NewServer(opts Options, deps Deps) (*Server, error) {
 		}),
 		datasets: newDatasets(shard.OpenOptions{Store: deps.Store, Formats: deps.Formats}, opts.Datasets),
 		sessions: newSessions(),
+		writes: &writes{}, outputs: deps.Outputs,
 	}
 	s.encBufs.New = func() any { return new(bytes.Buffer) }
 	return s, nil

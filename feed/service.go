@@ -49,6 +49,7 @@ func (v *service) Status(context.Context, *feedv1.StatusRequest) (*feedv1.Status
 		Version:       v.s.opts.Version,
 		UptimeSeconds: now.Sub(v.s.started).Seconds(),
 		Sessions:      v.s.sessions.status(now),
+		Writes:        v.s.writes.status(),
 		Plans:         v.s.sessions.plans(),
 	}
 	if c := v.s.cache; c != nil {
@@ -149,4 +150,30 @@ func (s *Server) images(ds *shard.Dataset, spec shard.Spec, epoch int64) (*arrow
 		return nil, nil, err
 	}
 	return sc, &prefetch.Images{Column: col, Pipeline: p, Decoder: s.decoder, Epoch: epoch, Rows: ds}, nil
+}
+
+// whole streams a dataset as rank 0 of 1 in exact mode, epoch 0 (file
+// order, or the spec's shuffle), through the same stages as a session:
+// block cache, memory budget, image decoding. Write and GroupBy read this way.
+func (s *Server) whole(ctx context.Context, ds *shard.Dataset, batchRows int) (*prefetch.Stream, error) {
+	plan, err := ds.EpochPlan(ds.Spec.Shuffle, 0, 1, shard.Exact)
+	if err != nil {
+		return nil, err
+	}
+	rp, err := plan.Rank(0)
+	if err != nil {
+		return nil, err
+	}
+	_, images, err := s.images(ds, ds.Spec, 0)
+	if err != nil {
+		return nil, err
+	}
+	var src prefetch.Source = ds
+	if s.cache != nil {
+		src = s.cache.Blocks(ds)
+	}
+	return prefetch.Start(ctx, src, rp, 0, prefetch.Options{
+		BatchSize: batchRows, Ahead: s.opts.Ahead, ReadAhead: s.opts.ReadAhead, OnError: ds.Spec.OnError,
+		Images: images, Pool: s.pool, Memory: s.memory, Mem: s.mem, Logger: s.log,
+	})
 }

@@ -64,7 +64,7 @@ type Formats map[string]Format
 // DefaultFormats returns every format this build reads.
 func DefaultFormats() Formats {
 	fs := Formats{}
-	for _, f := range []Format{Parquet{}, Images{}, WebDataset{}} {
+	for _, f := range []Format{Parquet{}, CSV{}, JSONLines{}, NumPy{}, Images{}, WebDataset{}} {
 		fs[f.Name()] = f
 	}
 	return fs

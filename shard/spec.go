@@ -43,6 +43,11 @@ type Spec struct {
 	// Image decodes a column of encoded images and transforms them; nil
 	// leaves every column as read.
 	Image *decode.Spec
+	// Partitions regroups the rows into this many equal partitions for
+	// writing (repartition); 0 keeps them as read. Reads are unaffected: the
+	// plan splits rows across ranks whatever the blocks, so it is not part of
+	// the fingerprint.
+	Partitions int
 }
 
 // Validate checks the spec's shape; whether files exist is checked on Open.
@@ -70,6 +75,9 @@ func (s *Spec) Validate() error {
 	}
 	if s.Shuffle != nil && s.Shuffle.WindowRows < 0 {
 		return Invalidf("shuffle window %d is negative", s.Shuffle.WindowRows)
+	}
+	if s.Partitions < 0 {
+		return Invalidf("partitions %d is negative", s.Partitions)
 	}
 	if s.OnError != Raise && s.OnError != Skip {
 		return Invalidf("unknown on_error %d", s.OnError)

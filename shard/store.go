@@ -214,3 +214,39 @@ func (f *observedFile) ReadAt(p []byte, off int64) (int, error) {
 	f.obs(n, time.Since(t0))
 	return n, err
 }
+
+// Router sends each URI to the store of its scheme: local paths to Local,
+// "s3://..." and "gs://..." to the stores in Remote (by scheme).
+type Router struct {
+	Local  Store
+	Remote map[string]Store
+}
+
+func (r Router) pick(uri string) (Store, error) {
+	scheme, _, ok := strings.Cut(uri, "://")
+	if !ok {
+		return r.Local, nil
+	}
+	if s := r.Remote[scheme]; s != nil {
+		return s, nil
+	}
+	return nil, fmt.Errorf("%w: %s: no store serves %s:// URIs", ErrUnsupported, uri, scheme)
+}
+
+// Glob implements Store.
+func (r Router) Glob(ctx context.Context, pattern string) ([]FileInfo, error) {
+	s, err := r.pick(pattern)
+	if err != nil {
+		return nil, err
+	}
+	return s.Glob(ctx, pattern)
+}
+
+// Open implements Store.
+func (r Router) Open(ctx context.Context, f FileInfo) (File, error) {
+	s, err := r.pick(f.URI)
+	if err != nil {
+		return nil, err
+	}
+	return s.Open(ctx, f)
+}

@@ -61,6 +61,11 @@ type Config struct {
 	ShmRingBytes     Size     `yaml:"shm-ring-bytes"`
 	ShmSpillAfter    Duration `yaml:"shm-spill-after"`
 	ShmMinBatchBytes Size     `yaml:"shm-min-batch-bytes"`
+	// Object stores: an allow-list of buckets (empty: whatever the
+	// credentials reach) and endpoints of S3- or GCS-compatible servers.
+	AllowBuckets []string `yaml:"allow-bucket"`
+	S3Endpoint   string   `yaml:"s3-endpoint"`
+	GCSEndpoint  string   `yaml:"gcs-endpoint"`
 }
 
 // autoCache is CacheBytes until EnsureDefaults sizes it from MemoryBytes; no
@@ -91,6 +96,9 @@ func (c *Config) flags(fs *flag.FlagSet) {
 	fs.TextVar(&c.ShmRingBytes, "shm-ring-bytes", c.ShmRingBytes, "most memory one session's shared-memory ring may take (sized from its first batch); 0 turns shared memory off")
 	fs.TextVar(&c.ShmSpillAfter, "shm-spill-after", c.ShmSpillAfter, "how long a batch waits for the client to free room in its ring before it goes over gRPC instead")
 	fs.TextVar(&c.ShmMinBatchBytes, "shm-min-batch-bytes", c.ShmMinBatchBytes, "batches smaller than this go over gRPC, which costs them less; 0 sends every batch through shared memory")
+	fs.Var(&listFlag{v: &c.AllowBuckets}, "allow-bucket", "object-store bucket datasets may be read from, as s3://name, gs://name or name; repeatable (default: any the credentials reach)")
+	fs.StringVar(&c.S3Endpoint, "s3-endpoint", c.S3Endpoint, "URL of an S3-compatible server (default: AWS, or $AWS_ENDPOINT_URL)")
+	fs.StringVar(&c.GCSEndpoint, "gcs-endpoint", c.GCSEndpoint, "URL of a GCS-compatible server (default: Google Cloud Storage)")
 }
 
 // EnsureDefaults fills what neither the file nor the flags set.

@@ -156,6 +156,22 @@ func printStatus(w io.Writer, socket string, st feed.StatusReport) error {
 			return err
 		}
 	}
+	if len(st.Writes) > 0 {
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "WRITE\tJOB\tFORMAT\tSTATE\tROWS\tFILES\tMB\tSECONDS\tDIR")
+		for _, wr := range st.Writes {
+			state := wr.State
+			if wr.Error != "" {
+				state += ": " + wr.Error
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%d\t%.1f\t%.1f\t%s\n", wr.ID, cmp.Or(wr.Job, "-"), wr.Format, state,
+				wr.Rows, wr.TotalRows, wr.Files, float64(wr.Bytes)/1e6, wr.Seconds, wr.Dir)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintln(w)
 	if c := st.Cache; c != nil {
 		fmt.Fprintf(w, "cache:     %.1f%% hit rate (%d hits, %d misses), %s of %s, %d evictions, %d loads in %.1fs\n",

@@ -16,6 +16,7 @@ import (
 	"github.com/loaderd/loaderd/feed"
 	"github.com/loaderd/loaderd/prefetch"
 	"github.com/loaderd/loaderd/shard"
+	"github.com/loaderd/loaderd/shard/objstore"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -87,6 +88,7 @@ type daemon struct {
 	decoderWhy string
 	roots      []string
 	metrics    *prometheus.Registry
+	objects    *objstore.Store
 }
 
 func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, error) {
@@ -109,7 +111,16 @@ func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, erro
 	// Local files are read as they are: the kernel's page cache holds their
 	// bytes, and the cache holds decoded blocks. Object stores go through
 	// cache.NewStore, whose byte ranges save network round trips.
-	store := shard.ObserveReads(local, pm.ObserveRead)
+	// Remote reads are slow and billed: the byte-range cache matters most
+	// there.
+	objects := objstore.New(objstore.Options{AllowBuckets: cfg.AllowBuckets, S3Endpoint: cfg.S3Endpoint,
+		GCSEndpoint: cfg.GCSEndpoint, Logger: log})
+	var remote shard.Store = shard.ObserveReads(objects, pm.ObserveRead)
+	if cfg.CacheBytes > 0 {
+		remote = cache.NewStore(remote, c)
+	}
+	store := shard.Router{Local: shard.ObserveReads(local, pm.ObserveRead),
+		Remote: map[string]shard.Store{"s3": remote, "gs": remote}}
 	// feed.Options reads 0 as "the default"; in the configuration 0 means none.
 	shmBytes, shmMin := int64(cfg.ShmRingBytes), int64(cfg.ShmMinBatchBytes)
 	if shmBytes == 0 {
@@ -129,13 +140,15 @@ func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, erro
 	srv, err := feed.NewServer(opts, feed.Deps{
 		Store: store, Formats: shard.DefaultFormats(), Pool: prefetch.NewPool(cfg.Workers),
 		Memory: mem, Cache: c, Metrics: pm, Decoder: dec, Logger: log,
+		Outputs: local,
 	})
 	if err != nil {
 		c.Close()
+		_ = objects.Close()
 		return nil, err
 	}
 	reg.MustRegister(srv.Collector())
-	return &daemon{srv: srv, cache: c, decoder: dec, decoderWhy: why, roots: local.Roots(), metrics: reg}, nil
+	return &daemon{srv: srv, cache: c, objects: objects, decoder: dec, decoderWhy: why, roots: local.Roots(), metrics: reg}, nil
 }
 
 // serveMetrics serves /metrics on addr until ctx ends; the returned channel
@@ -172,4 +185,5 @@ func (d *daemon) serveMetrics(ctx context.Context, addr string, log *slog.Logger
 func (d *daemon) close() {
 	d.cache.Close()
 	_ = d.decoder.Close() // nothing to report on the way out
+	_ = d.objects.Close()
 }

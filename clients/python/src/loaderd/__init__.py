@@ -12,6 +12,7 @@ All reading, splitting, shuffling and decoding runs in the daemon (``loaderd
 serve``); the client only describes what it wants and receives batches.
 """
 
+from loaderd._io import GroupedData
 from loaderd._socket import default_socket
 from loaderd._version import __version__
 from loaderd.dataset import (
@@ -21,7 +22,10 @@ from loaderd.dataset import (
     Shard,
     ShardPlan,
     get_dataset_shard,
+    read_csv,
     read_images,
+    read_json,
+    read_numpy,
     read_parquet,
     read_webdataset,
 )
@@ -42,6 +46,7 @@ __all__ = [
     "DaemonUnavailableError",
     "DataError",
     "Dataset",
+    "GroupedData",
     "InvalidArgumentError",
     "LoaderError",
     "NotFoundError",
@@ -53,7 +58,10 @@ __all__ = [
     "__version__",
     "default_socket",
     "get_dataset_shard",
+    "read_csv",
     "read_images",
+    "read_json",
+    "read_numpy",
     "read_parquet",
     "read_webdataset",
 ]

@@ -111,6 +111,21 @@ class Client:
         except grpc.RpcError as err:
             raise self._error(err) from None
 
+    def write(self, req: feed_pb2.WriteRequest) -> feed_pb2.WriteResponse:
+        try:
+            resp: feed_pb2.WriteResponse = self._api().Write(req)
+            return resp
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def group_by(self, req: feed_pb2.GroupByRequest) -> Iterator[pa.RecordBatch]:
+        """The groups the daemon assembled, one record batch each."""
+        try:
+            for resp in self._api().GroupBy(req):
+                yield pa.ipc.open_stream(pa.py_buffer(resp.arrow_ipc)).read_next_batch()
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
     def stream(self, open_req: feed_pb2.OpenStream, transport: Transport = "auto") -> BatchStream:
         return BatchStream(self, open_req, transport)
 

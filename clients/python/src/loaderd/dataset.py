@@ -7,6 +7,7 @@ reading, splitting and shuffling happens in the daemon.
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -15,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from loaderd import _io
 from loaderd._client import TRANSPORTS, Client, Transport
 from loaderd._formats import BATCH_FORMATS, format_batch
 from loaderd._proto import feed_pb2
@@ -25,7 +27,10 @@ __all__ = [
     "Shard",
     "ShardPlan",
     "get_dataset_shard",
+    "read_csv",
     "read_images",
+    "read_json",
+    "read_numpy",
     "read_parquet",
     "read_webdataset",
 ]
@@ -77,6 +82,7 @@ class _Spec:
     on_error: OnError = "raise"
     options: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     image: _Image | None = None
+    partitions: int = 0
 
     def to_proto(self) -> feed_pb2.DatasetSpec:
         spec = feed_pb2.DatasetSpec(
@@ -85,6 +91,7 @@ class _Spec:
             columns=list(self.columns),
             on_error=feed_pb2.ON_ERROR_SKIP if self.on_error == "skip" else feed_pb2.ON_ERROR_RAISE,
             options=dict(self.options),
+            partitions=self.partitions,
         )
         if self.seed is not None:
             spec.shuffle.seed = self.seed
@@ -228,6 +235,32 @@ class Dataset:
         exactly once, counts differ by at most one.
         """
         return Shard(self, rank, world_size, mode)
+
+    def repartition(self, num_partitions: int) -> Dataset:
+        """The rows regrouped into ``num_partitions`` equal partitions: a
+        write then makes that many files. Reading is unaffected (the daemon
+        splits rows across ranks whatever the partitioning)."""
+        if num_partitions < 1:
+            raise InvalidArgumentError(f"num_partitions must be positive, got {num_partitions}")
+        return Dataset(replace(self._spec, partitions=num_partitions), self._client)
+
+    def write_parquet(self, path: str, *, rows_per_file: int | None = None) -> list[str]:
+        """Run the whole pipeline in the daemon and write Parquet files
+        ``part-NNNNN.parquet`` under ``path`` (inside a data root). Each file
+        appears whole, when complete. Returns the files written."""
+        return _io.write(self, "parquet", path, rows_per_file)
+
+    def write_csv(self, path: str, *, rows_per_file: int | None = None) -> list[str]:
+        """As :meth:`write_parquet`, as CSV with a header (flat columns only)."""
+        return _io.write(self, "csv", path, rows_per_file)
+
+    def write_json(self, path: str, *, rows_per_file: int | None = None) -> list[str]:
+        """As :meth:`write_parquet`, as JSON Lines (``part-NNNNN.jsonl``)."""
+        return _io.write(self, "json", path, rows_per_file)
+
+    def groupby(self, key: str) -> _io.GroupedData:
+        """Rows grouped by the values of column ``key``, assembled in the daemon."""
+        return _io.GroupedData(self, key)
 
     def count(self) -> int:
         """Rows in the dataset (one epoch, unpadded)."""
@@ -376,18 +409,7 @@ def read_parquet(
     current directory. ``columns`` selects and orders top-level columns.
     ``on_error="skip"`` skips unreadable files and blocks instead of raising.
     """
-    uris = (paths,) if isinstance(paths, str) else tuple(paths)
-    if not uris:
-        raise InvalidArgumentError("read_parquet needs at least one path")
-    if on_error not in ("raise", "skip"):
-        raise InvalidArgumentError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    spec = _Spec(
-        format="parquet",
-        uris=tuple(_absolute(u) for u in uris),
-        columns=tuple(columns or ()),
-        on_error=on_error,
-    )
-    return Dataset(spec, Client(socket))
+    return _open("parquet", paths, columns, on_error, socket, {})
 
 
 def _check_on_error(on_error: str) -> None:
@@ -446,6 +468,103 @@ def read_webdataset(
         image=_Image("image", seed=seed) if not columns or "image" in columns else None,
     )
     return Dataset(spec, Client(socket))
+
+
+def _open(
+    format: str,
+    paths: str | Sequence[str],
+    columns: Sequence[str] | None,
+    on_error: OnError,
+    socket: str | None,
+    options: dict[str, str],
+) -> Dataset:
+    uris = (paths,) if isinstance(paths, str) else tuple(paths)
+    if not uris:
+        raise InvalidArgumentError(f"read_{format} needs at least one path")
+    if on_error not in ("raise", "skip"):
+        raise InvalidArgumentError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    spec = _Spec(
+        format=format,
+        uris=tuple(_absolute(u) for u in uris),
+        columns=tuple(columns or ()),
+        on_error=on_error,
+        options=tuple(sorted(options.items())),
+    )
+    return Dataset(spec, Client(socket))
+
+
+def _text_options(schema: pa.Schema | None, block_bytes: int | None) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    if schema is not None:
+        opts["schema"] = base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
+    if block_bytes is not None:
+        if block_bytes < 1:
+            raise InvalidArgumentError(f"block_bytes must be positive, got {block_bytes}")
+        opts["block_bytes"] = str(block_bytes)
+    return opts
+
+
+def read_csv(
+    paths: str | Sequence[str],
+    *,
+    columns: Sequence[str] | None = None,
+    schema: pa.Schema | None = None,
+    delimiter: str | None = None,
+    header: bool = True,
+    lazy_quotes: bool = False,
+    block_bytes: int | None = None,
+    on_error: OnError = "raise",
+    socket: str | None = None,
+) -> Dataset:
+    """A dataset of CSV files (local paths, globs, ``s3://`` or ``gs://``).
+
+    Types are inferred from the start of each file unless ``schema`` gives
+    them (then every file must have that many columns). A UTF-8 BOM is
+    skipped; quoted fields may hold delimiters and newlines. Files split into
+    blocks of about ``block_bytes`` (default 4 MiB) at record boundaries.
+    """
+    opts = _text_options(schema, block_bytes)
+    if delimiter is not None:
+        opts["delimiter"] = delimiter
+    if not header:
+        opts["header"] = "false"
+    if lazy_quotes:
+        opts["lazy_quotes"] = "true"
+    return _open("csv", paths, columns, on_error, socket, opts)
+
+
+def read_json(
+    paths: str | Sequence[str],
+    *,
+    columns: Sequence[str] | None = None,
+    schema: pa.Schema | None = None,
+    block_bytes: int | None = None,
+    on_error: OnError = "raise",
+    socket: str | None = None,
+) -> Dataset:
+    """A dataset of JSON Lines files: one JSON value per line (an object per
+    row; a value may span lines inside brackets). Types are inferred from the
+    start of each file unless ``schema`` gives them; a key whose values
+    disagree in type holds their JSON text."""
+    return _open("json", paths, columns, on_error, socket, _text_options(schema, block_bytes))
+
+
+def read_numpy(
+    paths: str | Sequence[str],
+    *,
+    columns: Sequence[str] | None = None,
+    column: str = "data",
+    block_bytes: int | None = None,
+    on_error: OnError = "raise",
+    socket: str | None = None,
+) -> Dataset:
+    """A dataset of ``.npy`` arrays (one column, named ``column``) or ``.npz``
+    archives (a column per member): a row is an index of the first axis, and
+    ``(N, d1, ...)`` arrays give ``(n, d1, ...)`` ndarrays per batch. Object
+    (pickled) arrays are refused."""
+    opts = _text_options(None, block_bytes)
+    opts["column"] = column
+    return _open("numpy", paths, columns, on_error, socket, opts)
 
 
 def get_dataset_shard(ds: Dataset, mode: ShardMode = "even") -> Shard:

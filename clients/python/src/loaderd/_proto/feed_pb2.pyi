@@ -134,11 +134,16 @@ class DatasetSpec(_message.Message):
     ON_ERROR_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
+    PARTITIONS_FIELD_NUMBER: _builtins.int
     format: _builtins.str
     """Format name: "parquet", "images" (a folder of class folders),
     "webdataset" (tar shards).
     """
     on_error: Global___OnError.ValueType
+    partitions: _builtins.int
+    """repartition(n): the rows regrouped into n equal partitions, which sets
+    the number of files Write produces. 0: as read.
+    """
     @_builtins.property
     def uris(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Absolute paths or glob patterns; matches are read in sorted order."""
@@ -171,10 +176,11 @@ class DatasetSpec(_message.Message):
         on_error: Global___OnError.ValueType = ...,
         options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         image: Global___ImageDecode | None = ...,
+        partitions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "shuffle", b"shuffle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "format", b"format", "image", b"image", "on_error", b"on_error", "options", b"options", "shuffle", b"shuffle", "uris", b"uris"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "format", b"format", "image", b"image", "on_error", b"on_error", "options", b"options", "partitions", b"partitions", "shuffle", b"shuffle", "uris", b"uris"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -788,6 +794,7 @@ class StatusResponse(_message.Message):
     CACHE_FIELD_NUMBER: _builtins.int
     MEMORY_FIELD_NUMBER: _builtins.int
     LOOKAHEAD_FIELD_NUMBER: _builtins.int
+    WRITES_FIELD_NUMBER: _builtins.int
     PLANS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     uptime_seconds: _builtins.float
@@ -801,6 +808,10 @@ class StatusResponse(_message.Message):
     def memory(self) -> Global___MemoryStatus: ...
     @_builtins.property
     def lookahead(self) -> Global___LookaheadStatus: ...
+    @_builtins.property
+    def writes(self) -> _containers.RepeatedCompositeFieldContainer[Global___WriteStatus]:
+        """Writes running now and the last ones finished."""
+
     @_builtins.property
     def plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanStatus]:
         """The plans this daemon serves now, one per job, epoch and plan: compare
@@ -816,11 +827,12 @@ class StatusResponse(_message.Message):
         cache: Global___CacheStatus | None = ...,
         memory: Global___MemoryStatus | None = ...,
         lookahead: Global___LookaheadStatus | None = ...,
+        writes: _abc.Iterable[Global___WriteStatus] | None = ...,
         plans: _abc.Iterable[Global___PlanStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "lookahead", b"lookahead", "memory", b"memory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "lookahead", b"lookahead", "memory", b"memory", "plans", b"plans", "sessions", b"sessions", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "lookahead", b"lookahead", "memory", b"memory", "plans", b"plans", "sessions", b"sessions", "uptime_seconds", b"uptime_seconds", "version", b"version", "writes", b"writes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1184,3 +1196,173 @@ class PlanResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PlanResponse: _TypeAlias = PlanResponse  # noqa: Y015
+
+@_typing.final
+class WriteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    DIR_FIELD_NUMBER: _builtins.int
+    ROWS_PER_FILE_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    format: _builtins.str
+    """parquet, csv or json (JSON Lines)."""
+    dir: _builtins.str
+    """Absolute directory, inside a data root; created when missing. Files are
+    named part-NNNNN.<ext>.
+    """
+    rows_per_file: _builtins.int
+    """Rows per file when the dataset sets no partitions; 0: one file per input
+    file's worth of rows.
+    """
+    job: _builtins.str
+    @_builtins.property
+    def dataset(self) -> Global___DatasetSpec: ...
+    def __init__(
+        self,
+        *,
+        dataset: Global___DatasetSpec | None = ...,
+        format: _builtins.str = ...,
+        dir: _builtins.str = ...,
+        rows_per_file: _builtins.int = ...,
+        job: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "dir", b"dir", "format", b"format", "job", b"job", "rows_per_file", b"rows_per_file"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteRequest: _TypeAlias = WriteRequest  # noqa: Y015
+
+@_typing.final
+class WriteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATHS_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    rows: _builtins.int
+    bytes: _builtins.int
+    @_builtins.property
+    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        paths: _abc.Iterable[_builtins.str] | None = ...,
+        rows: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "paths", b"paths", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteResponse: _TypeAlias = WriteResponse  # noqa: Y015
+
+@_typing.final
+class WriteStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITE_ID_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    DIR_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    ROWS_WRITTEN_FIELD_NUMBER: _builtins.int
+    ROWS_TOTAL_FIELD_NUMBER: _builtins.int
+    FILES_WRITTEN_FIELD_NUMBER: _builtins.int
+    BYTES_WRITTEN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    write_id: _builtins.str
+    job: _builtins.str
+    dir: _builtins.str
+    format: _builtins.str
+    rows_written: _builtins.int
+    rows_total: _builtins.int
+    files_written: _builtins.int
+    bytes_written: _builtins.int
+    state: _builtins.str
+    """running, done or failed (with error)."""
+    error: _builtins.str
+    seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        write_id: _builtins.str = ...,
+        job: _builtins.str = ...,
+        dir: _builtins.str = ...,
+        format: _builtins.str = ...,
+        rows_written: _builtins.int = ...,
+        rows_total: _builtins.int = ...,
+        files_written: _builtins.int = ...,
+        bytes_written: _builtins.int = ...,
+        state: _builtins.str = ...,
+        error: _builtins.str = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_written", b"bytes_written", "dir", b"dir", "error", b"error", "files_written", b"files_written", "format", b"format", "job", b"job", "rows_total", b"rows_total", "rows_written", b"rows_written", "seconds", b"seconds", "state", b"state", "write_id", b"write_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteStatus: _TypeAlias = WriteStatus  # noqa: Y015
+
+@_typing.final
+class GroupByRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    COUNT_ONLY_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    count_only: _builtins.bool
+    """Only the (key, count) batch, not the groups."""
+    @_builtins.property
+    def dataset(self) -> Global___DatasetSpec: ...
+    def __init__(
+        self,
+        *,
+        dataset: Global___DatasetSpec | None = ...,
+        key: _builtins.str = ...,
+        count_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count_only", b"count_only", "dataset", b"dataset", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupByRequest: _TypeAlias = GroupByRequest  # noqa: Y015
+
+@_typing.final
+class GroupByResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARROW_IPC_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    NUM_GROUPS_FIELD_NUMBER: _builtins.int
+    arrow_ipc: _builtins.bytes
+    """One Arrow IPC stream holding one record batch: a group's rows, or the
+    counts (columns key and count, sorted by key).
+    """
+    group: _builtins.int
+    num_groups: _builtins.int
+    def __init__(
+        self,
+        *,
+        arrow_ipc: _builtins.bytes = ...,
+        group: _builtins.int = ...,
+        num_groups: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_ipc", b"arrow_ipc", "group", b"group", "num_groups", b"num_groups"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupByResponse: _TypeAlias = GroupByResponse  # noqa: Y015

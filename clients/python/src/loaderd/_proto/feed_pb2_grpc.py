@@ -59,6 +59,16 @@ class FeedStub:
                 request_serializer=feed__pb2.PlanRequest.SerializeToString,
                 response_deserializer=feed__pb2.PlanResponse.FromString,
                 _registered_method=True)
+        self.Write = channel.unary_unary(
+                '/loaderd.feed.v1.Feed/Write',
+                request_serializer=feed__pb2.WriteRequest.SerializeToString,
+                response_deserializer=feed__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.GroupBy = channel.unary_stream(
+                '/loaderd.feed.v1.Feed/GroupBy',
+                request_serializer=feed__pb2.GroupByRequest.SerializeToString,
+                response_deserializer=feed__pb2.GroupByResponse.FromString,
+                _registered_method=True)
 
 
 class FeedServicer:
@@ -103,6 +113,23 @@ class FeedServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Write(self, request, context):
+        """Write runs the dataset's whole pipeline (as rank 0 of 1, in file order)
+        and writes the rows under a directory; it returns when every file is in
+        place. Progress shows in Status meanwhile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GroupBy(self, request, context):
+        """GroupBy assembles the groups of one key column in the daemon and streams
+        them: one batch of (key, count) rows, or one batch per group.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeedServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +157,16 @@ def add_FeedServicer_to_server(servicer, server):
                     servicer.Plan,
                     request_deserializer=feed__pb2.PlanRequest.FromString,
                     response_serializer=feed__pb2.PlanResponse.SerializeToString,
+            ),
+            'Write': grpc.unary_unary_rpc_method_handler(
+                    servicer.Write,
+                    request_deserializer=feed__pb2.WriteRequest.FromString,
+                    response_serializer=feed__pb2.WriteResponse.SerializeToString,
+            ),
+            'GroupBy': grpc.unary_stream_rpc_method_handler(
+                    servicer.GroupBy,
+                    request_deserializer=feed__pb2.GroupByRequest.FromString,
+                    response_serializer=feed__pb2.GroupByResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +304,60 @@ class Feed:
             '/loaderd.feed.v1.Feed/Plan',
             feed__pb2.PlanRequest.SerializeToString,
             feed__pb2.PlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Write(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loaderd.feed.v1.Feed/Write',
+            feed__pb2.WriteRequest.SerializeToString,
+            feed__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GroupBy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/loaderd.feed.v1.Feed/GroupBy',
+            feed__pb2.GroupByRequest.SerializeToString,
+            feed__pb2.GroupByResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,15 @@ class FeedStub:
     plan_fingerprint is the same on every node that computes the same global
     plan, so the ranks of a multi-node job can check that they agree.
     """
+    Write: _grpc.UnaryUnaryMultiCallable[_feed_pb2.WriteRequest, _feed_pb2.WriteResponse]
+    """Write runs the dataset's whole pipeline (as rank 0 of 1, in file order)
+    and writes the rows under a directory; it returns when every file is in
+    place. Progress shows in Status meanwhile.
+    """
+    GroupBy: _grpc.UnaryStreamMultiCallable[_feed_pb2.GroupByRequest, _feed_pb2.GroupByResponse]
+    """GroupBy assembles the groups of one key column in the daemon and streams
+    them: one batch of (key, count) rows, or one batch per group.
+    """
 
 @_typing.type_check_only
 class FeedAsyncStub(FeedStub):
@@ -71,6 +80,15 @@ class FeedAsyncStub(FeedStub):
     """Plan describes one rank's share of an epoch without streaming it. Its
     plan_fingerprint is the same on every node that computes the same global
     plan, so the ranks of a multi-node job can check that they agree.
+    """
+    Write: _aio.UnaryUnaryMultiCallable[_feed_pb2.WriteRequest, _feed_pb2.WriteResponse]  # type: ignore[assignment]
+    """Write runs the dataset's whole pipeline (as rank 0 of 1, in file order)
+    and writes the rows under a directory; it returns when every file is in
+    place. Progress shows in Status meanwhile.
+    """
+    GroupBy: _aio.UnaryStreamMultiCallable[_feed_pb2.GroupByRequest, _feed_pb2.GroupByResponse]  # type: ignore[assignment]
+    """GroupBy assembles the groups of one key column in the daemon and streams
+    them: one batch of (key, count) rows, or one batch per group.
     """
 
 class FeedServicer(metaclass=_abc_1.ABCMeta):
@@ -118,6 +136,27 @@ class FeedServicer(metaclass=_abc_1.ABCMeta):
         """Plan describes one rank's share of an epoch without streaming it. Its
         plan_fingerprint is the same on every node that computes the same global
         plan, so the ranks of a multi-node job can check that they agree.
+        """
+
+    @_abc_1.abstractmethod
+    def Write(
+        self,
+        request: _feed_pb2.WriteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_feed_pb2.WriteResponse, _abc.Awaitable[_feed_pb2.WriteResponse]]:
+        """Write runs the dataset's whole pipeline (as rank 0 of 1, in file order)
+        and writes the rows under a directory; it returns when every file is in
+        place. Progress shows in Status meanwhile.
+        """
+
+    @_abc_1.abstractmethod
+    def GroupBy(
+        self,
+        request: _feed_pb2.GroupByRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_feed_pb2.GroupByResponse], _abc.AsyncIterator[_feed_pb2.GroupByResponse]]:
+        """GroupBy assembles the groups of one key column in the daemon and streams
+        them: one batch of (key, count) rows, or one batch per group.
         """
 
 def add_FeedServicer_to_server(servicer: FeedServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

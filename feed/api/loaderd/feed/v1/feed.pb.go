@@ -203,7 +203,10 @@ type DatasetSpec struct {
 	Options map[string]string `protobuf:"bytes,6,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Decodes a column of encoded images and transforms them (read_images,
 	// read_webdataset, decode_image). Absent: every column is sent as read.
-	Image         *ImageDecode `protobuf:"bytes,10,opt,name=image,proto3" json:"image,omitempty"`
+	Image *ImageDecode `protobuf:"bytes,10,opt,name=image,proto3" json:"image,omitempty"`
+	// repartition(n): the rows regrouped into n equal partitions, which sets
+	// the number of files Write produces. 0: as read.
+	Partitions    int32 `protobuf:"varint,20,opt,name=partitions,proto3" json:"partitions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -285,6 +288,13 @@ func (x *DatasetSpec) GetImage() *ImageDecode {
 		return x.Image
 	}
 	return nil
+}
+
+func (x *DatasetSpec) GetPartitions() int32 {
+	if x != nil {
+		return x.Partitions
+	}
+	return 0
 }
 
 // ImageDecode decodes the images of one binary column (JPEG, PNG, WebP, BMP,
@@ -1677,6 +1687,8 @@ type StatusResponse struct {
 	Cache     *CacheStatus     `protobuf:"bytes,20,opt,name=cache,proto3" json:"cache,omitempty"`
 	Memory    *MemoryStatus    `protobuf:"bytes,21,opt,name=memory,proto3" json:"memory,omitempty"`
 	Lookahead *LookaheadStatus `protobuf:"bytes,22,opt,name=lookahead,proto3" json:"lookahead,omitempty"`
+	// Writes running now and the last ones finished.
+	Writes []*WriteStatus `protobuf:"bytes,40,rep,name=writes,proto3" json:"writes,omitempty"`
 	// The plans this daemon serves now, one per job, epoch and plan: compare
 	// them across the nodes of a job.
 	Plans         []*PlanStatus `protobuf:"bytes,60,rep,name=plans,proto3" json:"plans,omitempty"`
@@ -1752,6 +1764,13 @@ func (x *StatusResponse) GetMemory() *MemoryStatus {
 func (x *StatusResponse) GetLookahead() *LookaheadStatus {
 	if x != nil {
 		return x.Lookahead
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetWrites() []*WriteStatus {
+	if x != nil {
+		return x.Writes
 	}
 	return nil
 }
@@ -2569,11 +2588,400 @@ func (x *PlanResponse) GetTotalSamples() int64 {
 	return 0
 }
 
+type WriteRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Dataset *DatasetSpec           `protobuf:"bytes,1,opt,name=dataset,proto3" json:"dataset,omitempty"`
+	// parquet, csv or json (JSON Lines).
+	Format string `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"`
+	// Absolute directory, inside a data root; created when missing. Files are
+	// named part-NNNNN.<ext>.
+	Dir string `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
+	// Rows per file when the dataset sets no partitions; 0: one file per input
+	// file's worth of rows.
+	RowsPerFile   int64  `protobuf:"varint,4,opt,name=rows_per_file,json=rowsPerFile,proto3" json:"rows_per_file,omitempty"`
+	Job           string `protobuf:"bytes,5,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteRequest) Reset() {
+	*x = WriteRequest{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteRequest) ProtoMessage() {}
+
+func (x *WriteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
+func (*WriteRequest) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *WriteRequest) GetDataset() *DatasetSpec {
+	if x != nil {
+		return x.Dataset
+	}
+	return nil
+}
+
+func (x *WriteRequest) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
+func (x *WriteRequest) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *WriteRequest) GetRowsPerFile() int64 {
+	if x != nil {
+		return x.RowsPerFile
+	}
+	return 0
+}
+
+func (x *WriteRequest) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+type WriteResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Paths         []string               `protobuf:"bytes,1,rep,name=paths,proto3" json:"paths,omitempty"`
+	Rows          int64                  `protobuf:"varint,2,opt,name=rows,proto3" json:"rows,omitempty"`
+	Bytes         int64                  `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteResponse) Reset() {
+	*x = WriteResponse{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteResponse) ProtoMessage() {}
+
+func (x *WriteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
+func (*WriteResponse) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *WriteResponse) GetPaths() []string {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
+func (x *WriteResponse) GetRows() int64 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *WriteResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+type WriteStatus struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	WriteId      string                 `protobuf:"bytes,1,opt,name=write_id,json=writeId,proto3" json:"write_id,omitempty"`
+	Job          string                 `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
+	Dir          string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
+	Format       string                 `protobuf:"bytes,4,opt,name=format,proto3" json:"format,omitempty"`
+	RowsWritten  int64                  `protobuf:"varint,5,opt,name=rows_written,json=rowsWritten,proto3" json:"rows_written,omitempty"`
+	RowsTotal    int64                  `protobuf:"varint,6,opt,name=rows_total,json=rowsTotal,proto3" json:"rows_total,omitempty"`
+	FilesWritten int64                  `protobuf:"varint,7,opt,name=files_written,json=filesWritten,proto3" json:"files_written,omitempty"`
+	BytesWritten int64                  `protobuf:"varint,8,opt,name=bytes_written,json=bytesWritten,proto3" json:"bytes_written,omitempty"`
+	// running, done or failed (with error).
+	State         string  `protobuf:"bytes,9,opt,name=state,proto3" json:"state,omitempty"`
+	Error         string  `protobuf:"bytes,10,opt,name=error,proto3" json:"error,omitempty"`
+	Seconds       float64 `protobuf:"fixed64,11,opt,name=seconds,proto3" json:"seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteStatus) Reset() {
+	*x = WriteStatus{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteStatus) ProtoMessage() {}
+
+func (x *WriteStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteStatus.ProtoReflect.Descriptor instead.
+func (*WriteStatus) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *WriteStatus) GetWriteId() string {
+	if x != nil {
+		return x.WriteId
+	}
+	return ""
+}
+
+func (x *WriteStatus) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *WriteStatus) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *WriteStatus) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
+func (x *WriteStatus) GetRowsWritten() int64 {
+	if x != nil {
+		return x.RowsWritten
+	}
+	return 0
+}
+
+func (x *WriteStatus) GetRowsTotal() int64 {
+	if x != nil {
+		return x.RowsTotal
+	}
+	return 0
+}
+
+func (x *WriteStatus) GetFilesWritten() int64 {
+	if x != nil {
+		return x.FilesWritten
+	}
+	return 0
+}
+
+func (x *WriteStatus) GetBytesWritten() int64 {
+	if x != nil {
+		return x.BytesWritten
+	}
+	return 0
+}
+
+func (x *WriteStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *WriteStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *WriteStatus) GetSeconds() float64 {
+	if x != nil {
+		return x.Seconds
+	}
+	return 0
+}
+
+type GroupByRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Dataset *DatasetSpec           `protobuf:"bytes,1,opt,name=dataset,proto3" json:"dataset,omitempty"`
+	Key     string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	// Only the (key, count) batch, not the groups.
+	CountOnly     bool `protobuf:"varint,3,opt,name=count_only,json=countOnly,proto3" json:"count_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupByRequest) Reset() {
+	*x = GroupByRequest{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupByRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupByRequest) ProtoMessage() {}
+
+func (x *GroupByRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupByRequest.ProtoReflect.Descriptor instead.
+func (*GroupByRequest) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *GroupByRequest) GetDataset() *DatasetSpec {
+	if x != nil {
+		return x.Dataset
+	}
+	return nil
+}
+
+func (x *GroupByRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *GroupByRequest) GetCountOnly() bool {
+	if x != nil {
+		return x.CountOnly
+	}
+	return false
+}
+
+type GroupByResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One Arrow IPC stream holding one record batch: a group's rows, or the
+	// counts (columns key and count, sorted by key).
+	ArrowIpc      []byte `protobuf:"bytes,1,opt,name=arrow_ipc,json=arrowIpc,proto3" json:"arrow_ipc,omitempty"`
+	Group         int64  `protobuf:"varint,2,opt,name=group,proto3" json:"group,omitempty"`
+	NumGroups     int64  `protobuf:"varint,3,opt,name=num_groups,json=numGroups,proto3" json:"num_groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupByResponse) Reset() {
+	*x = GroupByResponse{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupByResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupByResponse) ProtoMessage() {}
+
+func (x *GroupByResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupByResponse.ProtoReflect.Descriptor instead.
+func (*GroupByResponse) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *GroupByResponse) GetArrowIpc() []byte {
+	if x != nil {
+		return x.ArrowIpc
+	}
+	return nil
+}
+
+func (x *GroupByResponse) GetGroup() int64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *GroupByResponse) GetNumGroups() int64 {
+	if x != nil {
+		return x.NumGroups
+	}
+	return 0
+}
+
 var File_loaderd_feed_v1_feed_proto protoreflect.FileDescriptor
 
 const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\n" +
-	"\x1aloaderd/feed/v1/feed.proto\x12\x0floaderd.feed.v1\"\xf1\x02\n" +
+	"\x1aloaderd/feed/v1/feed.proto\x12\x0floaderd.feed.v1\"\x91\x03\n" +
 	"\vDatasetSpec\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\tR\x06format\x12\x12\n" +
 	"\x04uris\x18\x02 \x03(\tR\x04uris\x12\x18\n" +
@@ -2582,7 +2990,10 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\bon_error\x18\x05 \x01(\x0e2\x18.loaderd.feed.v1.OnErrorR\aonError\x12C\n" +
 	"\aoptions\x18\x06 \x03(\v2).loaderd.feed.v1.DatasetSpec.OptionsEntryR\aoptions\x122\n" +
 	"\x05image\x18\n" +
-	" \x01(\v2\x1c.loaderd.feed.v1.ImageDecodeR\x05image\x1a:\n" +
+	" \x01(\v2\x1c.loaderd.feed.v1.ImageDecodeR\x05image\x12\x1e\n" +
+	"\n" +
+	"partitions\x18\x14 \x01(\x05R\n" +
+	"partitions\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"z\n" +
@@ -2686,14 +3097,15 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\x04slot\x18\x01 \x01(\rR\x04slot\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x16\n" +
 	"\x06length\x18\x03 \x01(\x03R\x06length\"\x0f\n" +
-	"\rStatusRequest\"\xeb\x02\n" +
+	"\rStatusRequest\"\xa1\x03\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
 	"\x0euptime_seconds\x18\x02 \x01(\x01R\ruptimeSeconds\x12:\n" +
 	"\bsessions\x18\x03 \x03(\v2\x1e.loaderd.feed.v1.SessionStatusR\bsessions\x122\n" +
 	"\x05cache\x18\x14 \x01(\v2\x1c.loaderd.feed.v1.CacheStatusR\x05cache\x125\n" +
 	"\x06memory\x18\x15 \x01(\v2\x1d.loaderd.feed.v1.MemoryStatusR\x06memory\x12>\n" +
-	"\tlookahead\x18\x16 \x01(\v2 .loaderd.feed.v1.LookaheadStatusR\tlookahead\x121\n" +
+	"\tlookahead\x18\x16 \x01(\v2 .loaderd.feed.v1.LookaheadStatusR\tlookahead\x124\n" +
+	"\x06writes\x18( \x03(\v2\x1c.loaderd.feed.v1.WriteStatusR\x06writes\x121\n" +
 	"\x05plans\x18< \x03(\v2\x1b.loaderd.feed.v1.PlanStatusR\x05plans\"\x8c\x02\n" +
 	"\vCacheStatus\x12!\n" +
 	"\fbudget_bytes\x18\x01 \x01(\x03R\vbudgetBytes\x12\x14\n" +
@@ -2773,7 +3185,41 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\vnum_samples\x18\x02 \x01(\x03R\n" +
 	"numSamples\x12'\n" +
 	"\x0fpadding_samples\x18\x03 \x01(\x03R\x0epaddingSamples\x12#\n" +
-	"\rtotal_samples\x18\x04 \x01(\x03R\ftotalSamples*J\n" +
+	"\rtotal_samples\x18\x04 \x01(\x03R\ftotalSamples\"\xa6\x01\n" +
+	"\fWriteRequest\x126\n" +
+	"\adataset\x18\x01 \x01(\v2\x1c.loaderd.feed.v1.DatasetSpecR\adataset\x12\x16\n" +
+	"\x06format\x18\x02 \x01(\tR\x06format\x12\x10\n" +
+	"\x03dir\x18\x03 \x01(\tR\x03dir\x12\"\n" +
+	"\rrows_per_file\x18\x04 \x01(\x03R\vrowsPerFile\x12\x10\n" +
+	"\x03job\x18\x05 \x01(\tR\x03job\"O\n" +
+	"\rWriteResponse\x12\x14\n" +
+	"\x05paths\x18\x01 \x03(\tR\x05paths\x12\x12\n" +
+	"\x04rows\x18\x02 \x01(\x03R\x04rows\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\x03R\x05bytes\"\xb6\x02\n" +
+	"\vWriteStatus\x12\x19\n" +
+	"\bwrite_id\x18\x01 \x01(\tR\awriteId\x12\x10\n" +
+	"\x03job\x18\x02 \x01(\tR\x03job\x12\x10\n" +
+	"\x03dir\x18\x03 \x01(\tR\x03dir\x12\x16\n" +
+	"\x06format\x18\x04 \x01(\tR\x06format\x12!\n" +
+	"\frows_written\x18\x05 \x01(\x03R\vrowsWritten\x12\x1d\n" +
+	"\n" +
+	"rows_total\x18\x06 \x01(\x03R\trowsTotal\x12#\n" +
+	"\rfiles_written\x18\a \x01(\x03R\ffilesWritten\x12#\n" +
+	"\rbytes_written\x18\b \x01(\x03R\fbytesWritten\x12\x14\n" +
+	"\x05state\x18\t \x01(\tR\x05state\x12\x14\n" +
+	"\x05error\x18\n" +
+	" \x01(\tR\x05error\x12\x18\n" +
+	"\aseconds\x18\v \x01(\x01R\aseconds\"y\n" +
+	"\x0eGroupByRequest\x126\n" +
+	"\adataset\x18\x01 \x01(\v2\x1c.loaderd.feed.v1.DatasetSpecR\adataset\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1d\n" +
+	"\n" +
+	"count_only\x18\x03 \x01(\bR\tcountOnly\"c\n" +
+	"\x0fGroupByResponse\x12\x1b\n" +
+	"\tarrow_ipc\x18\x01 \x01(\fR\barrowIpc\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\x03R\x05group\x12\x1d\n" +
+	"\n" +
+	"num_groups\x18\x03 \x01(\x03R\tnumGroups*J\n" +
 	"\aOnError\x12\x18\n" +
 	"\x14ON_ERROR_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eON_ERROR_RAISE\x10\x01\x12\x11\n" +
@@ -2785,13 +3231,15 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\tTransport\x12\x19\n" +
 	"\x15TRANSPORT_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eTRANSPORT_GRPC\x10\x01\x12\x11\n" +
-	"\rTRANSPORT_SHM\x10\x022\x84\x03\n" +
+	"\rTRANSPORT_SHM\x10\x022\x9c\x04\n" +
 	"\x04Feed\x12O\n" +
 	"\bDescribe\x12 .loaderd.feed.v1.DescribeRequest\x1a!.loaderd.feed.v1.DescribeResponse\x12M\n" +
 	"\x06Stream\x12\x1e.loaderd.feed.v1.StreamRequest\x1a\x1f.loaderd.feed.v1.StreamResponse(\x010\x01\x12I\n" +
 	"\x06Status\x12\x1e.loaderd.feed.v1.StatusRequest\x1a\x1f.loaderd.feed.v1.StatusResponse\x12L\n" +
 	"\aVersion\x12\x1f.loaderd.feed.v1.VersionRequest\x1a .loaderd.feed.v1.VersionResponse\x12C\n" +
-	"\x04Plan\x12\x1c.loaderd.feed.v1.PlanRequest\x1a\x1d.loaderd.feed.v1.PlanResponseB<Z:github.com/loaderd/loaderd/feed/api/loaderd/feed/v1;feedv1b\x06proto3"
+	"\x04Plan\x12\x1c.loaderd.feed.v1.PlanRequest\x1a\x1d.loaderd.feed.v1.PlanResponse\x12F\n" +
+	"\x05Write\x12\x1d.loaderd.feed.v1.WriteRequest\x1a\x1e.loaderd.feed.v1.WriteResponse\x12N\n" +
+	"\aGroupBy\x12\x1f.loaderd.feed.v1.GroupByRequest\x1a .loaderd.feed.v1.GroupByResponse0\x01B<Z:github.com/loaderd/loaderd/feed/api/loaderd/feed/v1;feedv1b\x06proto3"
 
 var (
 	file_loaderd_feed_v1_feed_proto_rawDescOnce sync.Once
@@ -2806,7 +3254,7 @@ func file_loaderd_feed_v1_feed_proto_rawDescGZIP() []byte {
 }
 
 var file_loaderd_feed_v1_feed_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_loaderd_feed_v1_feed_proto_goTypes = []any{
 	(OnError)(0),                      // 0: loaderd.feed.v1.OnError
 	(ShardMode)(0),                    // 1: loaderd.feed.v1.ShardMode
@@ -2841,12 +3289,17 @@ var file_loaderd_feed_v1_feed_proto_goTypes = []any{
 	(*VersionResponse)(nil),           // 30: loaderd.feed.v1.VersionResponse
 	(*PlanRequest)(nil),               // 31: loaderd.feed.v1.PlanRequest
 	(*PlanResponse)(nil),              // 32: loaderd.feed.v1.PlanResponse
-	nil,                               // 33: loaderd.feed.v1.DatasetSpec.OptionsEntry
+	(*WriteRequest)(nil),              // 33: loaderd.feed.v1.WriteRequest
+	(*WriteResponse)(nil),             // 34: loaderd.feed.v1.WriteResponse
+	(*WriteStatus)(nil),               // 35: loaderd.feed.v1.WriteStatus
+	(*GroupByRequest)(nil),            // 36: loaderd.feed.v1.GroupByRequest
+	(*GroupByResponse)(nil),           // 37: loaderd.feed.v1.GroupByResponse
+	nil,                               // 38: loaderd.feed.v1.DatasetSpec.OptionsEntry
 }
 var file_loaderd_feed_v1_feed_proto_depIdxs = []int32{
 	11, // 0: loaderd.feed.v1.DatasetSpec.shuffle:type_name -> loaderd.feed.v1.Shuffle
 	0,  // 1: loaderd.feed.v1.DatasetSpec.on_error:type_name -> loaderd.feed.v1.OnError
-	33, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
+	38, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
 	4,  // 3: loaderd.feed.v1.DatasetSpec.image:type_name -> loaderd.feed.v1.ImageDecode
 	5,  // 4: loaderd.feed.v1.ImageDecode.transforms:type_name -> loaderd.feed.v1.ImageTransform
 	6,  // 5: loaderd.feed.v1.ImageTransform.random_resized_crop:type_name -> loaderd.feed.v1.ImageRandomResizedCrop
@@ -2869,24 +3322,31 @@ var file_loaderd_feed_v1_feed_proto_depIdxs = []int32{
 	24, // 22: loaderd.feed.v1.StatusResponse.cache:type_name -> loaderd.feed.v1.CacheStatus
 	25, // 23: loaderd.feed.v1.StatusResponse.memory:type_name -> loaderd.feed.v1.MemoryStatus
 	26, // 24: loaderd.feed.v1.StatusResponse.lookahead:type_name -> loaderd.feed.v1.LookaheadStatus
-	27, // 25: loaderd.feed.v1.StatusResponse.plans:type_name -> loaderd.feed.v1.PlanStatus
-	2,  // 26: loaderd.feed.v1.SessionStatus.transport:type_name -> loaderd.feed.v1.Transport
-	15, // 27: loaderd.feed.v1.PlanRequest.open:type_name -> loaderd.feed.v1.OpenStream
-	12, // 28: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
-	14, // 29: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
-	22, // 30: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
-	29, // 31: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
-	31, // 32: loaderd.feed.v1.Feed.Plan:input_type -> loaderd.feed.v1.PlanRequest
-	13, // 33: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
-	17, // 34: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
-	23, // 35: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
-	30, // 36: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
-	32, // 37: loaderd.feed.v1.Feed.Plan:output_type -> loaderd.feed.v1.PlanResponse
-	33, // [33:38] is the sub-list for method output_type
-	28, // [28:33] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	35, // 25: loaderd.feed.v1.StatusResponse.writes:type_name -> loaderd.feed.v1.WriteStatus
+	27, // 26: loaderd.feed.v1.StatusResponse.plans:type_name -> loaderd.feed.v1.PlanStatus
+	2,  // 27: loaderd.feed.v1.SessionStatus.transport:type_name -> loaderd.feed.v1.Transport
+	15, // 28: loaderd.feed.v1.PlanRequest.open:type_name -> loaderd.feed.v1.OpenStream
+	3,  // 29: loaderd.feed.v1.WriteRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
+	3,  // 30: loaderd.feed.v1.GroupByRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
+	12, // 31: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
+	14, // 32: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
+	22, // 33: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
+	29, // 34: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
+	31, // 35: loaderd.feed.v1.Feed.Plan:input_type -> loaderd.feed.v1.PlanRequest
+	33, // 36: loaderd.feed.v1.Feed.Write:input_type -> loaderd.feed.v1.WriteRequest
+	36, // 37: loaderd.feed.v1.Feed.GroupBy:input_type -> loaderd.feed.v1.GroupByRequest
+	13, // 38: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
+	17, // 39: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
+	23, // 40: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
+	30, // 41: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
+	32, // 42: loaderd.feed.v1.Feed.Plan:output_type -> loaderd.feed.v1.PlanResponse
+	34, // 43: loaderd.feed.v1.Feed.Write:output_type -> loaderd.feed.v1.WriteResponse
+	37, // 44: loaderd.feed.v1.Feed.GroupBy:output_type -> loaderd.feed.v1.GroupByResponse
+	38, // [38:45] is the sub-list for method output_type
+	31, // [31:38] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_loaderd_feed_v1_feed_proto_init() }
@@ -2915,7 +3375,7 @@ func file_loaderd_feed_v1_feed_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loaderd_feed_v1_feed_proto_rawDesc), len(file_loaderd_feed_v1_feed_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   31,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,8 @@ const (
 	Feed_Status_FullMethodName   = "/loaderd.feed.v1.Feed/Status"
 	Feed_Version_FullMethodName  = "/loaderd.feed.v1.Feed/Version"
 	Feed_Plan_FullMethodName     = "/loaderd.feed.v1.Feed/Plan"
+	Feed_Write_FullMethodName    = "/loaderd.feed.v1.Feed/Write"
+	Feed_GroupBy_FullMethodName  = "/loaderd.feed.v1.Feed/GroupBy"
 )
 
 // FeedClient is the client API for Feed service.
@@ -50,6 +52,13 @@ type FeedClient interface {
 	// plan_fingerprint is the same on every node that computes the same global
 	// plan, so the ranks of a multi-node job can check that they agree.
 	Plan(ctx context.Context, in *PlanRequest, opts ...grpc.CallOption) (*PlanResponse, error)
+	// Write runs the dataset's whole pipeline (as rank 0 of 1, in file order)
+	// and writes the rows under a directory; it returns when every file is in
+	// place. Progress shows in Status meanwhile.
+	Write(ctx context.Context, in *WriteRequest, opts ...grpc.CallOption) (*WriteResponse, error)
+	// GroupBy assembles the groups of one key column in the daemon and streams
+	// them: one batch of (key, count) rows, or one batch per group.
+	GroupBy(ctx context.Context, in *GroupByRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GroupByResponse], error)
 }
 
 type feedClient struct {
@@ -113,6 +122,35 @@ func (c *feedClient) Plan(ctx context.Context, in *PlanRequest, opts ...grpc.Cal
 	return out, nil
 }
 
+func (c *feedClient) Write(ctx context.Context, in *WriteRequest, opts ...grpc.CallOption) (*WriteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WriteResponse)
+	err := c.cc.Invoke(ctx, Feed_Write_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *feedClient) GroupBy(ctx context.Context, in *GroupByRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GroupByResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Feed_ServiceDesc.Streams[1], Feed_GroupBy_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[GroupByRequest, GroupByResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Feed_GroupByClient = grpc.ServerStreamingClient[GroupByResponse]
+
 // FeedServer is the server API for Feed service.
 // All implementations must embed UnimplementedFeedServer
 // for forward compatibility.
@@ -131,6 +169,13 @@ type FeedServer interface {
 	// plan_fingerprint is the same on every node that computes the same global
 	// plan, so the ranks of a multi-node job can check that they agree.
 	Plan(context.Context, *PlanRequest) (*PlanResponse, error)
+	// Write runs the dataset's whole pipeline (as rank 0 of 1, in file order)
+	// and writes the rows under a directory; it returns when every file is in
+	// place. Progress shows in Status meanwhile.
+	Write(context.Context, *WriteRequest) (*WriteResponse, error)
+	// GroupBy assembles the groups of one key column in the daemon and streams
+	// them: one batch of (key, count) rows, or one batch per group.
+	GroupBy(*GroupByRequest, grpc.ServerStreamingServer[GroupByResponse]) error
 	mustEmbedUnimplementedFeedServer()
 }
 
@@ -155,6 +200,12 @@ func (UnimplementedFeedServer) Version(context.Context, *VersionRequest) (*Versi
 }
 func (UnimplementedFeedServer) Plan(context.Context, *PlanRequest) (*PlanResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Plan not implemented")
+}
+func (UnimplementedFeedServer) Write(context.Context, *WriteRequest) (*WriteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Write not implemented")
+}
+func (UnimplementedFeedServer) GroupBy(*GroupByRequest, grpc.ServerStreamingServer[GroupByResponse]) error {
+	return status.Error(codes.Unimplemented, "method GroupBy not implemented")
 }
 func (UnimplementedFeedServer) mustEmbedUnimplementedFeedServer() {}
 func (UnimplementedFeedServer) testEmbeddedByValue()              {}
@@ -256,6 +307,35 @@ func _Feed_Plan_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Feed_Write_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WriteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FeedServer).Write(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Feed_Write_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FeedServer).Write(ctx, req.(*WriteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Feed_GroupBy_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(GroupByRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(FeedServer).GroupBy(m, &grpc.GenericServerStream[GroupByRequest, GroupByResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Feed_GroupByServer = grpc.ServerStreamingServer[GroupByResponse]
+
 // Feed_ServiceDesc is the grpc.ServiceDesc for Feed service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -279,6 +359,10 @@ var Feed_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Plan",
 			Handler:    _Feed_Plan_Handler,
 		},
+		{
+			MethodName: "Write",
+			Handler:    _Feed_Write_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -286,6 +370,11 @@ var Feed_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _Feed_Stream_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "GroupBy",
+			Handler:       _Feed_GroupBy_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "loaderd/feed/v1/feed.proto",

@@ -159,3 +159,34 @@ func (r *PlanRequest) Validate() error {
 	}
 	return r.GetOpen().validateShare()
 }
+
+// MaxWritePath bounds an output directory.
+const MaxWritePath = 4096
+
+// Validate implements the validator interceptor's interface.
+func (r *WriteRequest) Validate() error {
+	if err := r.GetDataset().Validate(); err != nil {
+		return err
+	}
+	if r.GetDataset().GetPartitions() < 0 || r.GetRowsPerFile() < 0 {
+		return errors.New("partitions and rows_per_file must not be negative")
+	}
+	if d := r.GetDir(); d == "" || len(d) > MaxWritePath {
+		return fmt.Errorf("dir: %d bytes, want 1..%d", len(d), MaxWritePath)
+	}
+	if len(r.GetJob()) > MaxJobName {
+		return fmt.Errorf("job: over %d bytes", MaxJobName)
+	}
+	return nil
+}
+
+// Validate implements the validator interceptor's interface.
+func (r *GroupByRequest) Validate() error {
+	if err := r.GetDataset().Validate(); err != nil {
+		return err
+	}
+	if r.GetKey() == "" {
+		return errors.New("key is required")
+	}
+	return nil
+}
