@@ -230,7 +230,7 @@ func NewServer(opts Options, deps Deps) (*Server, error) {
 		}),
 		datasets: newDatasets(shard.OpenOptions{Store: deps.Store, Formats: deps.Formats}, opts.Datasets),
 		sessions: newSessions(),
-		writes: &writes{}, outputs: deps.Outputs,
+		writes:   &writes{}, outputs: deps.Outputs,
 	}
 	s.encBufs.New = func() any { return new(bytes.Buffer) }
 	return s, nil
