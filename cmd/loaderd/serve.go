@@ -115,7 +115,7 @@ func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, erro
 	// there.
 	objects := objstore.New(objstore.Options{AllowBuckets: cfg.AllowBuckets, S3Endpoint: cfg.S3Endpoint,
 		GCSEndpoint: cfg.GCSEndpoint, Logger: log})
-	var remote shard.Store = shard.ObserveReads(objects, pm.ObserveRead)
+	remote := shard.ObserveReads(objects, pm.ObserveRead)
 	if cfg.CacheBytes > 0 {
 		remote = cache.NewStore(remote, c)
 	}
