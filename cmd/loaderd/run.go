@@ -88,18 +88,24 @@ func (f daemonFlags) resolve() (string, error) {
 	return cfg.Socket, nil
 }
 
+// dial parses args into fs and connects to the daemon they name.
+func (df daemonFlags) dial(fs *flag.FlagSet, args []string) (*feed.Client, string, error) {
+	if err := fs.Parse(args); err != nil {
+		return nil, "", err
+	}
+	socket, err := df.resolve()
+	if err != nil {
+		return nil, "", err
+	}
+	c, err := feed.Dial(socket)
+	return c, socket, err
+}
+
 func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	df := addDaemonFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	socket, err := df.resolve()
-	if err != nil {
-		return err
-	}
-	c, err := feed.Dial(socket)
+	c, socket, err := df.dial(fs, args)
 	if err != nil {
 		return err
 	}
@@ -200,14 +206,7 @@ func healthCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	df := addDaemonFlags(fs)
 	timeout := fs.Duration("timeout", 3*time.Second, "how long to wait for the answer")
 	service := fs.String("service", "", "service to ask about, e.g. loaderd.feed.v1.Feed (default: the daemon as a whole)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	socket, err := df.resolve()
-	if err != nil {
-		return err
-	}
-	c, err := feed.Dial(socket)
+	c, socket, err := df.dial(fs, args)
 	if err != nil {
 		return err
 	}
