@@ -209,9 +209,10 @@ type sender struct {
 	spilled  bool  // a batch went inline because the ring was full
 	buf      *bytes.Buffer
 	ring     *shm.Ring // nil: all inline
-	// charged is what the sender counts against the memory budget: its
-	// encode buffer's capacity (bufCap) and its ring.
-	charged, bufCap int64
+	// charged is what the sender counts against the memory budget besides
+	// its ring: its encode buffer's capacity (bufCap) and the gRPC copy in
+	// flight; ringBytes is the ring's, charged off the heap.
+	charged, bufCap, ringBytes int64
 }
 
 // charge counts n more bytes (negative: fewer) against the memory budget.
@@ -255,8 +256,12 @@ func (s *sender) openRing(first *prefetch.Batch, opts Options, owner PeerInfo, i
 		return err
 	}
 	s.ring = ring
-	// The ring's pages are the daemon's until the client unmaps them.
-	s.charge(ring.Header().Size)
+	// The ring's pages are the daemon's until the client unmaps them, and
+	// lie outside the Go heap.
+	s.ringBytes = ring.Header().Size
+	if s.s.memory != nil {
+		s.s.memory.ChargeOffHeap(s.ringBytes)
+	}
 	s.sess.offer.Store(shm.NewOffer(ring, token, owner.PID, owner.UID, func(err error) {
 		fail(fmt.Errorf("%w: %w", shard.ErrInvalid, err))
 	}))
@@ -355,5 +360,8 @@ func (s *sender) close() {
 		}
 	}
 	s.charge(-s.charged)
+	if s.s.memory != nil && s.ringBytes > 0 {
+		s.s.memory.ChargeOffHeap(-s.ringBytes)
+	}
 	s.s.encBufs.Put(s.buf)
 }

@@ -31,10 +31,14 @@ type Memory struct {
 
 	inUse    atomic.Int64
 	external atomic.Int64
-	fresh    atomic.Int64 // bytes allocated from the Go heap, ever
-	reused   atomic.Int64 // bytes served from idle buffers, ever
-	waitNs   atomic.Int64 // time readers spent waiting in Reserve
-	waiters  atomic.Int32
+	offHeap  atomic.Int64 // the part of external outside the Go heap
+	// runtimeLimit, when set, holds the Go heap to what the budget leaves
+	// beside off-heap memory (debug.SetMemoryLimit).
+	runtimeLimit func(int64) int64
+	fresh        atomic.Int64 // bytes allocated from the Go heap, ever
+	reused       atomic.Int64 // bytes served from idle buffers, ever
+	waitNs       atomic.Int64 // time readers spent waiting in Reserve
+	waiters      atomic.Int32
 
 	mu       sync.Mutex
 	idle     int64
@@ -216,6 +220,26 @@ func (m *Memory) Charge(n int64) {
 		m.trimLocked(0)
 		m.mu.Unlock()
 	}
+}
+
+// ChargeOffHeap is Charge for memory outside the Go heap (shared-memory
+// rings): the Go runtime's limit, when SetRuntimeLimit gave one, shrinks by
+// as much, so that heap and off-heap memory together stay within the budget.
+func (m *Memory) ChargeOffHeap(n int64) {
+	m.Charge(n)
+	off := m.offHeap.Add(n)
+	if m.runtimeLimit != nil {
+		// The heap keeps at least the runtime's share whatever is off-heap.
+		m.runtimeLimit(max(m.budget-off, m.budget/RuntimeShare))
+	}
+}
+
+// SetRuntimeLimit makes the budget hold the Go runtime to it, through set
+// (debug.SetMemoryLimit): to the whole budget now, less off-heap charges as
+// they come. Call it before the budget is in use.
+func (m *Memory) SetRuntimeLimit(set func(int64) int64) {
+	m.runtimeLimit = set
+	set(m.budget)
 }
 
 // Reserve waits until n more bytes fit in the budget (counting what is in

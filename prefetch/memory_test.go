@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -314,5 +315,24 @@ func waitMemQueued(m *Memory, n int) {
 			return
 		}
 		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// TestChargeOffHeapLowersRuntimeLimit: memory outside the Go heap (shm
+// rings) takes its room from the heap's limit, down to the runtime's share,
+// and gives it back.
+func TestChargeOffHeapLowersRuntimeLimit(t *testing.T) {
+	m := NewMemory(400 << 20)
+	var limits []int64
+	m.SetRuntimeLimit(func(n int64) int64 { limits = append(limits, n); return 0 })
+	m.ChargeOffHeap(100 << 20)
+	m.ChargeOffHeap(250 << 20) // 350 MiB off-heap: the heap keeps its quarter
+	m.ChargeOffHeap(-(350 << 20))
+	want := []int64{400 << 20, 300 << 20, 100 << 20, 400 << 20}
+	if !slices.Equal(limits, want) {
+		t.Fatalf("runtime limits %v, want %v", limits, want)
+	}
+	if st := m.Stats(); st.Charged != 0 {
+		t.Fatalf("charged %d after the rings are gone", st.Charged)
 	}
 }

@@ -41,7 +41,6 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return sa.explain(err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
-	setMemoryLimit(int64(cfg.MemoryBytes), log)
 	d, err := newDaemon(cfg, uids, gids, log)
 	if err != nil {
 		return err
@@ -70,14 +69,15 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // setMemoryLimit holds the Go runtime to the budget (a soft limit: the
 // collector runs harder as the heap nears it), so that the garbage that
 // decoding makes does not push the process past it; counted data stays
-// within three quarters (prefetch.RuntimeShare). A GOMEMLIMIT in the
+// within three quarters (prefetch.RuntimeShare), and shared-memory rings,
+// outside the heap, lower the limit by their size. A GOMEMLIMIT in the
 // environment wins.
-func setMemoryLimit(budget int64, log *slog.Logger) {
+func setMemoryLimit(mem *prefetch.Memory, log *slog.Logger) {
 	if os.Getenv("GOMEMLIMIT") != "" {
-		log.Info("GOMEMLIMIT is set: the Go memory limit is left to it", "memory_bytes", Size(budget).String())
+		log.Info("GOMEMLIMIT is set: the Go memory limit is left to it", "memory_bytes", Size(mem.Budget()).String())
 		return
 	}
-	debug.SetMemoryLimit(budget)
+	mem.SetRuntimeLimit(debug.SetMemoryLimit)
 }
 
 // daemon is the wired-up server and what it owns.
@@ -104,6 +104,7 @@ func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, erro
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	pm := prefetch.NewMetrics(reg)
 	mem := prefetch.NewMemory(int64(cfg.MemoryBytes))
+	setMemoryLimit(mem, log)
 	c, err := cache.New(cache.Options{Budget: int64(cfg.CacheBytes), Charge: mem.Charge})
 	if err != nil {
 		return nil, err
