@@ -15,6 +15,7 @@ import re
 import subprocess
 
 from bench_images import dataset
+
 from benchlib import REPO, Env, Table
 
 
