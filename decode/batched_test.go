@@ -120,7 +120,7 @@ func TestBatchedMatchesCPU(t *testing.T) {
 	samples := imagenet(t, 48)
 	// A small arena: several lane calls a batch, on two lanes at once.
 	d, calls := newSoft(2, 4<<20, nil)
-	defer d.Close()
+	defer func() { _ = d.Close() }()
 	got, errs := decodeAll(d, p, samples)
 	for i, err := range errs {
 		if err != nil {
@@ -164,7 +164,7 @@ func TestBatchedRetriesOnCPU(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			d, _ := newSoft(1, 1<<20, c.fail)
-			defer d.Close()
+			defer func() { _ = d.Close() }()
 			got, errs := decodeAll(d, p, samples)
 			if err := errors.Join(errs...); err != nil {
 				t.Fatal(err)

@@ -127,7 +127,7 @@ func BenchmarkDecoders(b *testing.B) {
 		if err != nil {
 			b.Skip(err)
 		}
-		defer d.Close()
+		defer func() { _ = d.Close() }()
 		run(b, d)
 	})
 }

@@ -15,6 +15,6 @@ func TestCPUConformance(t *testing.T) {
 // nvJPEG and NPP passes the suite without a GPU.
 func TestBatchedConformance(t *testing.T) {
 	d := decode.NewSoftGPU()
-	defer d.Close()
+	defer func() { _ = d.Close() }()
 	decodetest.Run(t, d)
 }

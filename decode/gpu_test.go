@@ -124,7 +124,7 @@ func TestNewAutoFallsBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
+	defer func() { _ = d.Close() }()
 	t.Logf("auto chose %s: %s", d.Name(), why)
 	disc := DiscoverGPUs()
 	if disc.usable() != nil || newGPU == nil {

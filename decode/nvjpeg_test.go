@@ -35,13 +35,13 @@ func gpuDecoder(t testing.TB) decode.Decoder {
 
 func TestGPUConformance(t *testing.T) {
 	d := gpuDecoder(t)
-	defer d.Close()
+	defer func() { _ = d.Close() }()
 	decodetest.Run(t, d)
 }
 
 func TestGPUAgreesWithCPU(t *testing.T) {
 	d := gpuDecoder(t)
-	defer d.Close()
+	defer func() { _ = d.Close() }()
 	p := decodetest.Pipe(t, 5,
 		decode.Op{Kind: decode.RandomResizedCrop, Height: 224, Width: 224},
 		decode.Op{Kind: decode.RandomHorizontalFlip, P: 0.5})

@@ -28,7 +28,7 @@ func discoverNVML(path string) Discovery {
 		}
 		return Discovery{Err: fmt.Errorf("the NVIDIA driver did not start (NVML init: %s)", nvml.ErrorString(ret))}
 	}
-	defer lib.Shutdown()
+	defer func() { _ = lib.Shutdown() }() // nothing to do if it fails
 	var d Discovery
 	var errs []error
 	check := func(what string, ret nvml.Return) bool {
