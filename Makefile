@@ -20,13 +20,21 @@ GOLANGCI_LINT      := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.
 GO_TEST_FLAGS ?= -race -count=1 -timeout 20m
 # Build tags: nolibjpeg where libjpeg-turbo cannot be built against (decided
 # after deps ran, so in the recipes; ensure-deps says why).
-GOTAGS       = $$(bash deploy/dev/gotags.sh)
+# NVJPEG=1 adds the GPU decoder (decode/nvjpeg.go: nvJPEG + NPP), which
+# needs the CUDA toolkit at CUDA_HOME; without it the build needs no CUDA.
+NVJPEG      ?= 0
+CUDA_HOME   ?= /usr/local/cuda
+GOTAGS       = $$(bash deploy/dev/gotags.sh)$(if $(filter 1,$(NVJPEG)), nvjpeg)
+ifeq ($(NVJPEG),1)
+export CGO_CFLAGS  := -O2 -g -I$(CUDA_HOME)/include
+export CGO_LDFLAGS := -g -L$(CUDA_HOME)/lib64
+endif
 # Fuzz targets run briefly by `make test` (test-fuzz): package:target.
 FUZZ_TARGETS := cmd/loaderd:FuzzLoadConfig decode:FuzzParseHeader decode:FuzzDecode shard:FuzzTarIndex \
                 shard:FuzzCSV shard:FuzzJSONLines shard:FuzzNumPy shard:FuzzNumPyZip
 FUZZTIME     ?= 10s
 
-.PHONY: all build demo test test-go test-py test-fuzz test-deploy protos protos-check lint bench venv deps clean
+.PHONY: all build demo test test-go check-nvjpeg test-gpu test-py test-fuzz test-deploy protos protos-check lint bench venv deps clean
 
 all: build
 
@@ -91,6 +99,24 @@ test-go: deps
 	$(GO) test -tags "$(GOTAGS)" $(GO_TEST_FLAGS) ./...
 	$(GO) test -tags nolibjpeg $(GO_TEST_FLAGS) ./decode/...
 
+# The GPU decoder compiled (not linked) against stub CUDA headers
+# (decode/testdata/cuda-stub), so the nvjpeg-tagged code keeps compiling on
+# machines without CUDA. It proves the code agrees with the stubs' copies of
+# the declarations, not with the real headers, and nothing about a GPU.
+check-nvjpeg: deps
+	CGO_CFLAGS="-O2 -I$(CURDIR)/decode/testdata/cuda-stub -Wall -Werror -Wno-deprecated-declarations" \
+	  $(GO) vet -tags "$(GOTAGS) nvjpeg" ./decode/
+	CGO_CFLAGS="-O2 -I$(CURDIR)/decode/testdata/cuda-stub -Wall -Werror -Wno-deprecated-declarations" \
+	  $(GO) build -tags "$(GOTAGS) nvjpeg" ./decode/
+
+# On a machine with an NVIDIA GPU and the CUDA toolkit (make test-gpu
+# NVJPEG=1): the GPU decoder's conformance suite, its agreement with the CPU
+# path, and GPU vs CPU img/s in one run.
+test-gpu: deps
+	@test "$(NVJPEG)" = 1 || { echo "run: make test-gpu NVJPEG=1 (needs the CUDA toolkit at CUDA_HOME=$(CUDA_HOME))"; exit 1; }
+	$(GO) test -tags "$(GOTAGS)" -count=1 -v -run 'GPU|Discover|NewAuto' ./decode/
+	$(GO) test -tags "$(GOTAGS)" -run '^$$' -bench '^BenchmarkDecoders$$' -benchtime 8192x -v ./decode/
+
 # Each parser of outside input fuzzed briefly (go test runs the seeds anyway),
 # seeded with the corpora; minimizing new inputs would spend the whole budget
 # on a few large seeds.
@@ -106,7 +132,7 @@ test-py: build venv
 test-deploy: build venv
 	LOADERD_BIN=$(CURDIR)/bin/loaderd VENV=$(VENV) bash deploy/dev/check-deploy.sh
 
-test: protos-check lint test-go test-fuzz test-py test-deploy
+test: protos-check lint check-nvjpeg test-go test-fuzz test-py test-deploy
 
 bench: build venv
 	$(GO) test -tags "$(GOTAGS)" -run '^$$' -bench . -benchtime 3x ./shard/... ./prefetch/... ./cache/... ./feed/...

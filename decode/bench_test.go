@@ -85,3 +85,49 @@ func BenchmarkRandomResizedCrop224(b *testing.B) {
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "img/s")
 }
+
+// BenchmarkDecoders is decode + RandomResizedCrop(224) + flip to uint8 HWC
+// on the CPU (every core) and on the GPU (whole batches), in one run, in
+// batches of 256 as the daemon decodes them: make bench's gpu section prints
+// the two side by side. The gpu case is skipped, saying why, where New
+// finds no usable GPU decoder.
+func BenchmarkDecoders(b *testing.B) {
+	data := benchImages(b)
+	p, err := Compile(Spec{Column: "image", Ops: []Op{
+		{Kind: RandomResizedCrop, Height: 224, Width: 224},
+		{Kind: RandomHorizontalFlip, P: 0.5},
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const batch = 256
+	run := func(b *testing.B, d Decoder) {
+		b.Logf("decoder: %s", d.Name())
+		samples := make([]Sample, batch)
+		dst := make([]byte, batch*p.OutBytes())
+		errs := make([]error, batch)
+		b.ResetTimer()
+		for i := 0; i < b.N; i += batch {
+			k := min(batch, b.N-i)
+			for j := range k {
+				samples[j] = Sample{Data: data[(i+j)%len(data)], Seed: uint64(i + j)}
+			}
+			decodeParallel(context.Background(), d, p, samples[:k], dst[:k*p.OutBytes()], errs[:k])
+			for _, err := range errs[:k] {
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "img/s")
+	}
+	b.Run("cpu", func(b *testing.B) { run(b, NewCPU(Options{})) })
+	b.Run("gpu", func(b *testing.B) {
+		d, _, err := New("gpu", Options{})
+		if err != nil {
+			b.Skip(err)
+		}
+		defer func() { _ = d.Close() }()
+		run(b, d)
+	})
+}

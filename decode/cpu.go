@@ -91,21 +91,10 @@ func (w *work) decode(p *Pipeline, s Sample, out []byte, maxPixels int64) (err e
 			err = &Error{Kind: ErrCorrupt, Err: fmt.Errorf("%w: %v", errPanicked, r)}
 		}
 	}()
-	h, err := ParseHeader(s.Data)
+	h, g, err := prepare(p, s, maxPixels)
 	if err != nil {
 		return err
 	}
-	if px := int64(h.Width) * int64(h.Height); px > maxPixels {
-		return &Error{Kind: ErrTooLarge, Err: fmt.Errorf("%s of %dx%d is %d pixels, over the limit of %d",
-			h.Format, h.Width, h.Height, px, maxPixels)}
-	}
-	if h.Format == JPEG && !h.complete(s.Data) {
-		return corrupt("JPEG is truncated: no end-of-image marker after its image data")
-	}
-	ow, oh := h.Oriented()
-	r := rng{s: s.Seed}
-	g := p.plan(&r, ow, oh)
-
 	outH, outW := p.Size()
 	stride := outW * 3
 	// Where the uint8 HWC result goes: straight into out unless it must be
@@ -130,14 +119,55 @@ func (w *work) decode(p *Pipeline, s Sample, out []byte, maxPixels int64) (err e
 	return nil
 }
 
+// prepare checks a sample's header as every decoder does, so that a bad
+// image fails with the same error whichever decoder runs, and plans its
+// transforms.
+func prepare(p *Pipeline, s Sample, maxPixels int64) (Header, Geometry, error) {
+	h, err := ParseHeader(s.Data)
+	if err != nil {
+		return h, Geometry{}, err
+	}
+	if px := int64(h.Width) * int64(h.Height); px > maxPixels {
+		return h, Geometry{}, &Error{Kind: ErrTooLarge, Err: fmt.Errorf("%s of %dx%d is %d pixels, over the limit of %d",
+			h.Format, h.Width, h.Height, px, maxPixels)}
+	}
+	if h.Format == JPEG && !h.complete(s.Data) {
+		return h, Geometry{}, corrupt("JPEG is truncated: no end-of-image marker after its image data")
+	}
+	ow, oh := h.Oriented()
+	r := rng{s: s.Seed}
+	return h, p.plan(&r, ow, oh), nil
+}
+
 // content decodes the geometry's source box and resamples it into the
 // content rectangle (cw × ch pixels at dst, rows stride bytes apart),
 // applying the orientation and the flip.
 func (w *work) content(h Header, data []byte, g Geometry, dst []byte, stride, cw, ch int) error {
 	o := h.Orientation
-	// The box in stored coordinates, and the content's size in stored
-	// orientation.
-	bx0, bx1, by0, by1 := g.SX0, g.SX1, g.SY0, g.SY1
+	bx0, bx1, by0, by1, rw, rh := storedBox(h, g, cw, ch)
+	src, box, err := w.decodeBox(h, data, bx0, bx1, by0, by1, rw, rh)
+	if err != nil {
+		return err
+	}
+	if o == 1 {
+		w.rs.resample(dst, stride, src, box[0], box[1], box[2], box[3], cw, ch)
+		if g.Flip {
+			mirror(dst, stride, cw, ch)
+		}
+		return nil
+	}
+	w.inter = grow(w.inter, rw*rh*3)
+	w.rs.resample(w.inter, rw*3, src, box[0], box[1], box[2], box[3], rw, rh)
+	orient(dst, stride, cw, ch, w.inter, rw, rh, o, g.Flip)
+	return nil
+}
+
+// storedBox maps the geometry's source box (in displayed coordinates) into
+// the stored image, and says the size rw × rh the content (cw × ch) has
+// before the orientation turns it.
+func storedBox(h Header, g Geometry, cw, ch int) (bx0, bx1, by0, by1 float64, rw, rh int) {
+	o := h.Orientation
+	bx0, bx1, by0, by1 = g.SX0, g.SX1, g.SY0, g.SY1
 	W, H := float64(h.Width), float64(h.Height)
 	switch o {
 	case 2:
@@ -157,25 +187,11 @@ func (w *work) content(h Header, data []byte, g Geometry, dst []byte, stride, cw
 	}
 	bx0, bx1 = clampBox(bx0, bx1, W)
 	by0, by1 = clampBox(by0, by1, H)
-	rw, rh := cw, ch
+	rw, rh = cw, ch
 	if o >= 5 {
 		rw, rh = ch, cw
 	}
-	src, box, err := w.decodeBox(h, data, bx0, bx1, by0, by1, rw, rh)
-	if err != nil {
-		return err
-	}
-	if o == 1 {
-		w.rs.resample(dst, stride, src, box[0], box[1], box[2], box[3], cw, ch)
-		if g.Flip {
-			mirror(dst, stride, cw, ch)
-		}
-		return nil
-	}
-	w.inter = grow(w.inter, rw*rh*3)
-	w.rs.resample(w.inter, rw*3, src, box[0], box[1], box[2], box[3], rw, rh)
-	orient(dst, stride, cw, ch, w.inter, rw, rh, o, g.Flip)
-	return nil
+	return bx0, bx1, by0, by1, rw, rh
 }
 
 func clampBox(a, b, n float64) (float64, float64) {

@@ -60,6 +60,10 @@ type Options struct {
 	// header says) before any pixel memory is allocated; 0 means
 	// DefaultMaxPixels.
 	MaxPixels int64
+	// Discovery is what GPU discovery found, for New; nil: New runs
+	// DiscoverGPUs itself. The daemon discovers once and shows the result
+	// in its status.
+	Discovery *Discovery
 }
 
 // DefaultMaxPixels is the default pixel limit: a 64-megapixel image needs up
@@ -72,21 +76,6 @@ func (o *Options) ensureDefaults() {
 	}
 }
 
-// ErrNoGPU is returned by New for "gpu" when this build or machine has no GPU
-// decoder.
+// ErrNoGPU is returned by New for "gpu" when this build or machine has no
+// usable GPU decoder; the error says which.
 var ErrNoGPU = errors.New("GPU decoding is not available")
-
-// New returns the decoder named by kind: "cpu", "gpu" or "auto" (the GPU when
-// one is present and usable, else the CPU; this build has no GPU decoder, so
-// auto is the CPU). The second result says why auto chose what it did.
-func New(kind string, opts Options) (Decoder, string, error) {
-	switch kind {
-	case "cpu":
-		return NewCPU(opts), "asked for", nil
-	case "auto", "":
-		return NewCPU(opts), "auto: this build has no GPU decoder", nil
-	case "gpu":
-		return nil, "", fmt.Errorf("--decode gpu: %w: this build of loaderd has no GPU decoder (use --decode cpu or auto)", ErrNoGPU)
-	}
-	return nil, "", fmt.Errorf("--decode %q: want cpu, gpu or auto", kind)
-}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/loaderd/loaderd/decode"
 	feedv1 "github.com/loaderd/loaderd/feed/api/loaderd/feed/v1"
 	"github.com/loaderd/loaderd/feed/internal/shm"
 	"github.com/loaderd/loaderd/shard"
@@ -349,6 +350,16 @@ type StatusReport struct {
 	Memory    *MemoryReport // nil when the daemon has no budget
 	Lookahead LookaheadReport
 	Writes    []WriteReport
+	Decoder   DecoderReport
+}
+
+// DecoderReport is the image decoder the daemon chose, why, and the GPUs it
+// found (or why none).
+type DecoderReport struct {
+	Name, Choice string
+	Driver       string
+	GPUs         []decode.GPU
+	GPUError     string
 }
 
 // WriteReport is the progress of one dataset write.
@@ -404,6 +415,15 @@ func (c *Client) Status(ctx context.Context) (StatusReport, error) {
 			Error: w.GetError(), Rows: w.GetRowsWritten(), TotalRows: w.GetRowsTotal(), Files: w.GetFilesWritten(),
 			Bytes: w.GetBytesWritten(), Seconds: w.GetSeconds(),
 		})
+	}
+	if d := resp.GetDecoder(); d != nil {
+		r.Decoder = DecoderReport{Name: d.GetName(), Choice: d.GetChoice(), Driver: d.GetDriverVersion(), GPUError: d.GetGpuError()}
+		for _, g := range d.GetGpus() {
+			var major, minor int
+			_, _ = fmt.Sscanf(g.GetComputeCapability(), "%d.%d", &major, &minor)
+			r.Decoder.GPUs = append(r.Decoder.GPUs, decode.GPU{Index: int(g.GetIndex()), Name: g.GetName(), UUID: g.GetUuid(),
+				MemoryBytes: uint64(g.GetMemoryBytes()), Major: major, Minor: minor})
+		}
 	}
 	return r, nil
 }

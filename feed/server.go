@@ -170,6 +170,10 @@ type Deps struct {
 	Logger  *slog.Logger
 	// Outputs opens the directories Write writes to; nil: no writes.
 	Outputs shard.Outputs
+	// DecoderChoice says why Decoder was chosen, and GPUs what discovery
+	// found, for the status; both optional.
+	DecoderChoice string
+	GPUs          *decode.Discovery
 }
 
 // Server serves the feed API on a Unix socket.
@@ -188,6 +192,9 @@ type Server struct {
 	writes   *writes
 	outputs  shard.Outputs
 	started  time.Time
+	// decoderChoice and gpus are shown in the status.
+	decoderChoice string
+	gpus          *decode.Discovery
 	// served counts what every session together sent, since the start.
 	served struct{ batches, rows, bytes atomic.Int64 }
 	// base is canceled when the server stops; every session derives from it.
@@ -223,7 +230,7 @@ func NewServer(opts Options, deps Deps) (*Server, error) {
 	}
 	s := &Server{
 		opts: opts, log: deps.Logger, pool: deps.Pool, mem: deps.Mem, memory: deps.Memory, cache: deps.Cache,
-		decoder: deps.Decoder,
+		decoder: deps.Decoder, decoderChoice: deps.DecoderChoice, gpus: deps.GPUs,
 		sched: prefetch.NewScheduler(prefetch.SchedulerOptions{
 			Pool: deps.Pool, Memory: deps.Memory, Metrics: deps.Metrics, Logger: deps.Logger,
 			LookaheadTTL: opts.LookaheadTTL, MaxPrepared: opts.MaxPrepared,

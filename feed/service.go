@@ -2,6 +2,7 @@ package feed
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"time"
 
@@ -51,6 +52,7 @@ func (v *service) Status(context.Context, *feedv1.StatusRequest) (*feedv1.Status
 		Sessions:      v.s.sessions.status(now),
 		Writes:        v.s.writes.status(),
 		Plans:         v.s.sessions.plans(),
+		Decoder:       decoderStatus(v.s.decoder, v.s.decoderChoice, v.s.gpus),
 	}
 	if c := v.s.cache; c != nil {
 		st := c.Stats()
@@ -176,4 +178,21 @@ func (s *Server) whole(ctx context.Context, ds *shard.Dataset, batchRows int) (*
 		BatchSize: batchRows, Ahead: s.opts.Ahead, ReadAhead: s.opts.ReadAhead, OnError: ds.Spec.OnError,
 		Images: images, Pool: s.pool, Memory: s.memory, Mem: s.mem, Logger: s.log,
 	})
+}
+
+// decoderStatus describes the decoder and what GPU discovery found.
+func decoderStatus(d decode.Decoder, choice string, disc *decode.Discovery) *feedv1.DecoderStatus {
+	st := &feedv1.DecoderStatus{Name: d.Name(), Choice: choice}
+	if disc == nil {
+		return st
+	}
+	st.DriverVersion, st.CudaDriverVersion = disc.Driver, int32(disc.CUDADriver)
+	if disc.Err != nil {
+		st.GpuError = disc.Err.Error()
+	}
+	for _, g := range disc.GPUs {
+		st.Gpus = append(st.Gpus, &feedv1.GpuStatus{Index: int32(g.Index), Name: g.Name, Uuid: g.UUID,
+			MemoryBytes: int64(g.MemoryBytes), ComputeCapability: fmt.Sprintf("%d.%d", g.Major, g.Minor)})
+	}
+	return st
 }

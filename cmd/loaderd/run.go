@@ -193,8 +193,19 @@ func printStatus(w io.Writer, socket string, st feed.StatusReport) error {
 			humanize.IBytes(uint64(m.RSS)), humanize.IBytes(uint64(m.PeakRSS)))
 	}
 	la := st.Lookahead
-	_, err := fmt.Fprintf(w, "lookahead: %d epochs prepared, %d claimed, %d expired, %d waiting\n",
+	fmt.Fprintf(w, "lookahead: %d epochs prepared, %d claimed, %d expired, %d waiting\n",
 		la.Prepared, la.Claimed, la.Expired, la.Waiting)
+	d := st.Decoder
+	fmt.Fprintf(w, "decoder:   %s: %s\n", cmp.Or(d.Name, "-"), cmp.Or(d.Choice, "-"))
+	gpus := "none (" + cmp.Or(d.GPUError, "the driver lists none") + ")"
+	if len(d.GPUs) > 0 {
+		var names []string
+		for _, g := range d.GPUs {
+			names = append(names, fmt.Sprintf("%d: %s, %s, sm %d.%d", g.Index, g.Name, humanize.IBytes(g.MemoryBytes), g.Major, g.Minor))
+		}
+		gpus = fmt.Sprintf("driver %s; %s", d.Driver, strings.Join(names, "; "))
+	}
+	_, err := fmt.Fprintf(w, "gpus:      %s\n", gpus)
 	return err
 }
 

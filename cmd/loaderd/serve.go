@@ -96,7 +96,9 @@ func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, erro
 	if err != nil {
 		return nil, err
 	}
-	dec, why, err := decode.New(cfg.Decode, decode.Options{})
+	// GPU discovery once, at start: for the decoder's choice and the status.
+	gpus := decode.DiscoverGPUs()
+	dec, why, err := decode.New(cfg.Decode, decode.Options{Discovery: &gpus})
 	if err != nil {
 		return nil, err
 	}
@@ -140,12 +142,13 @@ func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, erro
 	}
 	srv, err := feed.NewServer(opts, feed.Deps{
 		Store: store, Formats: shard.DefaultFormats(), Pool: prefetch.NewPool(cfg.Workers),
-		Memory: mem, Cache: c, Metrics: pm, Decoder: dec, Logger: log,
+		Memory: mem, Cache: c, Metrics: pm, Decoder: dec, DecoderChoice: why, GPUs: &gpus, Logger: log,
 		Outputs: local,
 	})
 	if err != nil {
 		c.Close()
 		_ = objects.Close()
+		_ = dec.Close()
 		return nil, err
 	}
 	reg.MustRegister(srv.Collector())

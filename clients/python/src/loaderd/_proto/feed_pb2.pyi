@@ -796,6 +796,7 @@ class StatusResponse(_message.Message):
     LOOKAHEAD_FIELD_NUMBER: _builtins.int
     WRITES_FIELD_NUMBER: _builtins.int
     PLANS_FIELD_NUMBER: _builtins.int
+    DECODER_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     uptime_seconds: _builtins.float
     @_builtins.property
@@ -818,6 +819,10 @@ class StatusResponse(_message.Message):
         them across the nodes of a job.
         """
 
+    @_builtins.property
+    def decoder(self) -> Global___DecoderStatus:
+        """70-79: image decoding and GPUs (issue 9)."""
+
     def __init__(
         self,
         *,
@@ -829,14 +834,92 @@ class StatusResponse(_message.Message):
         lookahead: Global___LookaheadStatus | None = ...,
         writes: _abc.Iterable[Global___WriteStatus] | None = ...,
         plans: _abc.Iterable[Global___PlanStatus] | None = ...,
+        decoder: Global___DecoderStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "lookahead", b"lookahead", "memory", b"memory"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "decoder", b"decoder", "lookahead", b"lookahead", "memory", b"memory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "lookahead", b"lookahead", "memory", b"memory", "plans", b"plans", "sessions", b"sessions", "uptime_seconds", b"uptime_seconds", "version", b"version", "writes", b"writes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "decoder", b"decoder", "lookahead", b"lookahead", "memory", b"memory", "plans", b"plans", "sessions", b"sessions", "uptime_seconds", b"uptime_seconds", "version", b"version", "writes", b"writes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class DecoderStatus(_message.Message):
+    """The image decoder the daemon chose at start (--decode), why, and the GPUs
+    that discovery found.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHOICE_FIELD_NUMBER: _builtins.int
+    DRIVER_VERSION_FIELD_NUMBER: _builtins.int
+    CUDA_DRIVER_VERSION_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    GPU_ERROR_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """e.g. "cpu (libjpeg-turbo 2.1.5)"."""
+    choice: _builtins.str
+    """Why this decoder: what was asked for, or auto's reason."""
+    driver_version: _builtins.str
+    """The NVIDIA driver's version and the CUDA version it supports (e.g.
+    12040); empty and 0 without a driver.
+    """
+    cuda_driver_version: _builtins.int
+    gpu_error: _builtins.str
+    """Why no GPU could be listed, when discovery failed."""
+    @_builtins.property
+    def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuStatus]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        choice: _builtins.str = ...,
+        driver_version: _builtins.str = ...,
+        cuda_driver_version: _builtins.int = ...,
+        gpus: _abc.Iterable[Global___GpuStatus] | None = ...,
+        gpu_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "cuda_driver_version", b"cuda_driver_version", "driver_version", b"driver_version", "gpu_error", b"gpu_error", "gpus", b"gpus", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecoderStatus: _TypeAlias = DecoderStatus  # noqa: Y015
+
+@_typing.final
+class GpuStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    UUID_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    COMPUTE_CAPABILITY_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    name: _builtins.str
+    uuid: _builtins.str
+    memory_bytes: _builtins.int
+    compute_capability: _builtins.str
+    """e.g. "9.0"."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        name: _builtins.str = ...,
+        uuid: _builtins.str = ...,
+        memory_bytes: _builtins.int = ...,
+        compute_capability: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_capability", b"compute_capability", "index", b"index", "memory_bytes", b"memory_bytes", "name", b"name", "uuid", b"uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GpuStatus: _TypeAlias = GpuStatus  # noqa: Y015
 
 @_typing.final
 class CacheStatus(_message.Message):

@@ -1691,7 +1691,9 @@ type StatusResponse struct {
 	Writes []*WriteStatus `protobuf:"bytes,40,rep,name=writes,proto3" json:"writes,omitempty"`
 	// The plans this daemon serves now, one per job, epoch and plan: compare
 	// them across the nodes of a job.
-	Plans         []*PlanStatus `protobuf:"bytes,60,rep,name=plans,proto3" json:"plans,omitempty"`
+	Plans []*PlanStatus `protobuf:"bytes,60,rep,name=plans,proto3" json:"plans,omitempty"`
+	// 70-79: image decoding and GPUs (issue 9).
+	Decoder       *DecoderStatus `protobuf:"bytes,70,opt,name=decoder,proto3" json:"decoder,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1782,6 +1784,181 @@ func (x *StatusResponse) GetPlans() []*PlanStatus {
 	return nil
 }
 
+func (x *StatusResponse) GetDecoder() *DecoderStatus {
+	if x != nil {
+		return x.Decoder
+	}
+	return nil
+}
+
+// The image decoder the daemon chose at start (--decode), why, and the GPUs
+// that discovery found.
+type DecoderStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// e.g. "cpu (libjpeg-turbo 2.1.5)".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Why this decoder: what was asked for, or auto's reason.
+	Choice string `protobuf:"bytes,2,opt,name=choice,proto3" json:"choice,omitempty"`
+	// The NVIDIA driver's version and the CUDA version it supports (e.g.
+	// 12040); empty and 0 without a driver.
+	DriverVersion     string       `protobuf:"bytes,3,opt,name=driver_version,json=driverVersion,proto3" json:"driver_version,omitempty"`
+	CudaDriverVersion int32        `protobuf:"varint,4,opt,name=cuda_driver_version,json=cudaDriverVersion,proto3" json:"cuda_driver_version,omitempty"`
+	Gpus              []*GpuStatus `protobuf:"bytes,5,rep,name=gpus,proto3" json:"gpus,omitempty"`
+	// Why no GPU could be listed, when discovery failed.
+	GpuError      string `protobuf:"bytes,6,opt,name=gpu_error,json=gpuError,proto3" json:"gpu_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecoderStatus) Reset() {
+	*x = DecoderStatus{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecoderStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecoderStatus) ProtoMessage() {}
+
+func (x *DecoderStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecoderStatus.ProtoReflect.Descriptor instead.
+func (*DecoderStatus) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *DecoderStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DecoderStatus) GetChoice() string {
+	if x != nil {
+		return x.Choice
+	}
+	return ""
+}
+
+func (x *DecoderStatus) GetDriverVersion() string {
+	if x != nil {
+		return x.DriverVersion
+	}
+	return ""
+}
+
+func (x *DecoderStatus) GetCudaDriverVersion() int32 {
+	if x != nil {
+		return x.CudaDriverVersion
+	}
+	return 0
+}
+
+func (x *DecoderStatus) GetGpus() []*GpuStatus {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+func (x *DecoderStatus) GetGpuError() string {
+	if x != nil {
+		return x.GpuError
+	}
+	return ""
+}
+
+type GpuStatus struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Index       int32                  `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Name        string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Uuid        string                 `protobuf:"bytes,3,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	MemoryBytes int64                  `protobuf:"varint,4,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	// e.g. "9.0".
+	ComputeCapability string `protobuf:"bytes,5,opt,name=compute_capability,json=computeCapability,proto3" json:"compute_capability,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *GpuStatus) Reset() {
+	*x = GpuStatus{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GpuStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GpuStatus) ProtoMessage() {}
+
+func (x *GpuStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GpuStatus.ProtoReflect.Descriptor instead.
+func (*GpuStatus) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GpuStatus) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *GpuStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GpuStatus) GetUuid() string {
+	if x != nil {
+		return x.Uuid
+	}
+	return ""
+}
+
+func (x *GpuStatus) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *GpuStatus) GetComputeCapability() string {
+	if x != nil {
+		return x.ComputeCapability
+	}
+	return ""
+}
+
 // The node-wide block cache: decoded blocks and raw byte ranges, one budget.
 type CacheStatus struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -1804,7 +1981,7 @@ type CacheStatus struct {
 
 func (x *CacheStatus) Reset() {
 	*x = CacheStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[21]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1816,7 +1993,7 @@ func (x *CacheStatus) String() string {
 func (*CacheStatus) ProtoMessage() {}
 
 func (x *CacheStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[21]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1829,7 +2006,7 @@ func (x *CacheStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheStatus.ProtoReflect.Descriptor instead.
 func (*CacheStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{21}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CacheStatus) GetBudgetBytes() int64 {
@@ -1923,7 +2100,7 @@ type MemoryStatus struct {
 
 func (x *MemoryStatus) Reset() {
 	*x = MemoryStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[22]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1935,7 +2112,7 @@ func (x *MemoryStatus) String() string {
 func (*MemoryStatus) ProtoMessage() {}
 
 func (x *MemoryStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[22]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1948,7 +2125,7 @@ func (x *MemoryStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStatus.ProtoReflect.Descriptor instead.
 func (*MemoryStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{22}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *MemoryStatus) GetBudgetBytes() int64 {
@@ -2031,7 +2208,7 @@ type LookaheadStatus struct {
 
 func (x *LookaheadStatus) Reset() {
 	*x = LookaheadStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[23]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2043,7 +2220,7 @@ func (x *LookaheadStatus) String() string {
 func (*LookaheadStatus) ProtoMessage() {}
 
 func (x *LookaheadStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[23]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2056,7 +2233,7 @@ func (x *LookaheadStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookaheadStatus.ProtoReflect.Descriptor instead.
 func (*LookaheadStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{23}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *LookaheadStatus) GetWaiting() int32 {
@@ -2109,7 +2286,7 @@ type PlanStatus struct {
 
 func (x *PlanStatus) Reset() {
 	*x = PlanStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[24]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2121,7 +2298,7 @@ func (x *PlanStatus) String() string {
 func (*PlanStatus) ProtoMessage() {}
 
 func (x *PlanStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[24]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2134,7 +2311,7 @@ func (x *PlanStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanStatus.ProtoReflect.Descriptor instead.
 func (*PlanStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{24}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PlanStatus) GetJob() string {
@@ -2208,7 +2385,7 @@ type SessionStatus struct {
 
 func (x *SessionStatus) Reset() {
 	*x = SessionStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[25]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2220,7 +2397,7 @@ func (x *SessionStatus) String() string {
 func (*SessionStatus) ProtoMessage() {}
 
 func (x *SessionStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[25]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2233,7 +2410,7 @@ func (x *SessionStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionStatus.ProtoReflect.Descriptor instead.
 func (*SessionStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{25}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SessionStatus) GetSessionId() string {
@@ -2384,7 +2561,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[26]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2396,7 +2573,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[26]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2409,7 +2586,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{26}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{28}
 }
 
 type VersionResponse struct {
@@ -2423,7 +2600,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[27]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2435,7 +2612,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[27]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2448,7 +2625,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{27}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -2483,7 +2660,7 @@ type PlanRequest struct {
 
 func (x *PlanRequest) Reset() {
 	*x = PlanRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[28]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2495,7 +2672,7 @@ func (x *PlanRequest) String() string {
 func (*PlanRequest) ProtoMessage() {}
 
 func (x *PlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[28]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2508,7 +2685,7 @@ func (x *PlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanRequest.ProtoReflect.Descriptor instead.
 func (*PlanRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{28}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PlanRequest) GetOpen() *OpenStream {
@@ -2532,7 +2709,7 @@ type PlanResponse struct {
 
 func (x *PlanResponse) Reset() {
 	*x = PlanResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[29]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2544,7 +2721,7 @@ func (x *PlanResponse) String() string {
 func (*PlanResponse) ProtoMessage() {}
 
 func (x *PlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[29]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2557,7 +2734,7 @@ func (x *PlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanResponse.ProtoReflect.Descriptor instead.
 func (*PlanResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{29}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PlanResponse) GetPlanFingerprint() string {
@@ -2606,7 +2783,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[30]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2618,7 +2795,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[30]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2631,7 +2808,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{30}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WriteRequest) GetDataset() *DatasetSpec {
@@ -2680,7 +2857,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[31]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2692,7 +2869,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[31]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2705,7 +2882,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{31}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WriteResponse) GetPaths() []string {
@@ -2749,7 +2926,7 @@ type WriteStatus struct {
 
 func (x *WriteStatus) Reset() {
 	*x = WriteStatus{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[32]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2761,7 +2938,7 @@ func (x *WriteStatus) String() string {
 func (*WriteStatus) ProtoMessage() {}
 
 func (x *WriteStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[32]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2774,7 +2951,7 @@ func (x *WriteStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteStatus.ProtoReflect.Descriptor instead.
 func (*WriteStatus) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{32}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WriteStatus) GetWriteId() string {
@@ -2866,7 +3043,7 @@ type GroupByRequest struct {
 
 func (x *GroupByRequest) Reset() {
 	*x = GroupByRequest{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[33]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2878,7 +3055,7 @@ func (x *GroupByRequest) String() string {
 func (*GroupByRequest) ProtoMessage() {}
 
 func (x *GroupByRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[33]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2891,7 +3068,7 @@ func (x *GroupByRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupByRequest.ProtoReflect.Descriptor instead.
 func (*GroupByRequest) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{33}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GroupByRequest) GetDataset() *DatasetSpec {
@@ -2928,7 +3105,7 @@ type GroupByResponse struct {
 
 func (x *GroupByResponse) Reset() {
 	*x = GroupByResponse{}
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[34]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2940,7 +3117,7 @@ func (x *GroupByResponse) String() string {
 func (*GroupByResponse) ProtoMessage() {}
 
 func (x *GroupByResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[34]
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2953,7 +3130,7 @@ func (x *GroupByResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupByResponse.ProtoReflect.Descriptor instead.
 func (*GroupByResponse) Descriptor() ([]byte, []int) {
-	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{34}
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GroupByResponse) GetArrowIpc() []byte {
@@ -3097,7 +3274,7 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\x04slot\x18\x01 \x01(\rR\x04slot\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x16\n" +
 	"\x06length\x18\x03 \x01(\x03R\x06length\"\x0f\n" +
-	"\rStatusRequest\"\xa1\x03\n" +
+	"\rStatusRequest\"\xdb\x03\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
 	"\x0euptime_seconds\x18\x02 \x01(\x01R\ruptimeSeconds\x12:\n" +
@@ -3106,7 +3283,21 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\x06memory\x18\x15 \x01(\v2\x1d.loaderd.feed.v1.MemoryStatusR\x06memory\x12>\n" +
 	"\tlookahead\x18\x16 \x01(\v2 .loaderd.feed.v1.LookaheadStatusR\tlookahead\x124\n" +
 	"\x06writes\x18( \x03(\v2\x1c.loaderd.feed.v1.WriteStatusR\x06writes\x121\n" +
-	"\x05plans\x18< \x03(\v2\x1b.loaderd.feed.v1.PlanStatusR\x05plans\"\x8c\x02\n" +
+	"\x05plans\x18< \x03(\v2\x1b.loaderd.feed.v1.PlanStatusR\x05plans\x128\n" +
+	"\adecoder\x18F \x01(\v2\x1e.loaderd.feed.v1.DecoderStatusR\adecoder\"\xdf\x01\n" +
+	"\rDecoderStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06choice\x18\x02 \x01(\tR\x06choice\x12%\n" +
+	"\x0edriver_version\x18\x03 \x01(\tR\rdriverVersion\x12.\n" +
+	"\x13cuda_driver_version\x18\x04 \x01(\x05R\x11cudaDriverVersion\x12.\n" +
+	"\x04gpus\x18\x05 \x03(\v2\x1a.loaderd.feed.v1.GpuStatusR\x04gpus\x12\x1b\n" +
+	"\tgpu_error\x18\x06 \x01(\tR\bgpuError\"\x9b\x01\n" +
+	"\tGpuStatus\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04uuid\x18\x03 \x01(\tR\x04uuid\x12!\n" +
+	"\fmemory_bytes\x18\x04 \x01(\x03R\vmemoryBytes\x12-\n" +
+	"\x12compute_capability\x18\x05 \x01(\tR\x11computeCapability\"\x8c\x02\n" +
 	"\vCacheStatus\x12!\n" +
 	"\fbudget_bytes\x18\x01 \x01(\x03R\vbudgetBytes\x12\x14\n" +
 	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x12\n" +
@@ -3254,7 +3445,7 @@ func file_loaderd_feed_v1_feed_proto_rawDescGZIP() []byte {
 }
 
 var file_loaderd_feed_v1_feed_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_loaderd_feed_v1_feed_proto_goTypes = []any{
 	(OnError)(0),                      // 0: loaderd.feed.v1.OnError
 	(ShardMode)(0),                    // 1: loaderd.feed.v1.ShardMode
@@ -3280,26 +3471,28 @@ var file_loaderd_feed_v1_feed_proto_goTypes = []any{
 	(*ShmSlot)(nil),                   // 21: loaderd.feed.v1.ShmSlot
 	(*StatusRequest)(nil),             // 22: loaderd.feed.v1.StatusRequest
 	(*StatusResponse)(nil),            // 23: loaderd.feed.v1.StatusResponse
-	(*CacheStatus)(nil),               // 24: loaderd.feed.v1.CacheStatus
-	(*MemoryStatus)(nil),              // 25: loaderd.feed.v1.MemoryStatus
-	(*LookaheadStatus)(nil),           // 26: loaderd.feed.v1.LookaheadStatus
-	(*PlanStatus)(nil),                // 27: loaderd.feed.v1.PlanStatus
-	(*SessionStatus)(nil),             // 28: loaderd.feed.v1.SessionStatus
-	(*VersionRequest)(nil),            // 29: loaderd.feed.v1.VersionRequest
-	(*VersionResponse)(nil),           // 30: loaderd.feed.v1.VersionResponse
-	(*PlanRequest)(nil),               // 31: loaderd.feed.v1.PlanRequest
-	(*PlanResponse)(nil),              // 32: loaderd.feed.v1.PlanResponse
-	(*WriteRequest)(nil),              // 33: loaderd.feed.v1.WriteRequest
-	(*WriteResponse)(nil),             // 34: loaderd.feed.v1.WriteResponse
-	(*WriteStatus)(nil),               // 35: loaderd.feed.v1.WriteStatus
-	(*GroupByRequest)(nil),            // 36: loaderd.feed.v1.GroupByRequest
-	(*GroupByResponse)(nil),           // 37: loaderd.feed.v1.GroupByResponse
-	nil,                               // 38: loaderd.feed.v1.DatasetSpec.OptionsEntry
+	(*DecoderStatus)(nil),             // 24: loaderd.feed.v1.DecoderStatus
+	(*GpuStatus)(nil),                 // 25: loaderd.feed.v1.GpuStatus
+	(*CacheStatus)(nil),               // 26: loaderd.feed.v1.CacheStatus
+	(*MemoryStatus)(nil),              // 27: loaderd.feed.v1.MemoryStatus
+	(*LookaheadStatus)(nil),           // 28: loaderd.feed.v1.LookaheadStatus
+	(*PlanStatus)(nil),                // 29: loaderd.feed.v1.PlanStatus
+	(*SessionStatus)(nil),             // 30: loaderd.feed.v1.SessionStatus
+	(*VersionRequest)(nil),            // 31: loaderd.feed.v1.VersionRequest
+	(*VersionResponse)(nil),           // 32: loaderd.feed.v1.VersionResponse
+	(*PlanRequest)(nil),               // 33: loaderd.feed.v1.PlanRequest
+	(*PlanResponse)(nil),              // 34: loaderd.feed.v1.PlanResponse
+	(*WriteRequest)(nil),              // 35: loaderd.feed.v1.WriteRequest
+	(*WriteResponse)(nil),             // 36: loaderd.feed.v1.WriteResponse
+	(*WriteStatus)(nil),               // 37: loaderd.feed.v1.WriteStatus
+	(*GroupByRequest)(nil),            // 38: loaderd.feed.v1.GroupByRequest
+	(*GroupByResponse)(nil),           // 39: loaderd.feed.v1.GroupByResponse
+	nil,                               // 40: loaderd.feed.v1.DatasetSpec.OptionsEntry
 }
 var file_loaderd_feed_v1_feed_proto_depIdxs = []int32{
 	11, // 0: loaderd.feed.v1.DatasetSpec.shuffle:type_name -> loaderd.feed.v1.Shuffle
 	0,  // 1: loaderd.feed.v1.DatasetSpec.on_error:type_name -> loaderd.feed.v1.OnError
-	38, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
+	40, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
 	4,  // 3: loaderd.feed.v1.DatasetSpec.image:type_name -> loaderd.feed.v1.ImageDecode
 	5,  // 4: loaderd.feed.v1.ImageDecode.transforms:type_name -> loaderd.feed.v1.ImageTransform
 	6,  // 5: loaderd.feed.v1.ImageTransform.random_resized_crop:type_name -> loaderd.feed.v1.ImageRandomResizedCrop
@@ -3318,35 +3511,37 @@ var file_loaderd_feed_v1_feed_proto_depIdxs = []int32{
 	2,  // 18: loaderd.feed.v1.StreamHeader.transport:type_name -> loaderd.feed.v1.Transport
 	19, // 19: loaderd.feed.v1.StreamHeader.shm:type_name -> loaderd.feed.v1.ShmRing
 	21, // 20: loaderd.feed.v1.Batch.shm:type_name -> loaderd.feed.v1.ShmSlot
-	28, // 21: loaderd.feed.v1.StatusResponse.sessions:type_name -> loaderd.feed.v1.SessionStatus
-	24, // 22: loaderd.feed.v1.StatusResponse.cache:type_name -> loaderd.feed.v1.CacheStatus
-	25, // 23: loaderd.feed.v1.StatusResponse.memory:type_name -> loaderd.feed.v1.MemoryStatus
-	26, // 24: loaderd.feed.v1.StatusResponse.lookahead:type_name -> loaderd.feed.v1.LookaheadStatus
-	35, // 25: loaderd.feed.v1.StatusResponse.writes:type_name -> loaderd.feed.v1.WriteStatus
-	27, // 26: loaderd.feed.v1.StatusResponse.plans:type_name -> loaderd.feed.v1.PlanStatus
-	2,  // 27: loaderd.feed.v1.SessionStatus.transport:type_name -> loaderd.feed.v1.Transport
-	15, // 28: loaderd.feed.v1.PlanRequest.open:type_name -> loaderd.feed.v1.OpenStream
-	3,  // 29: loaderd.feed.v1.WriteRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
-	3,  // 30: loaderd.feed.v1.GroupByRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
-	12, // 31: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
-	14, // 32: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
-	22, // 33: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
-	29, // 34: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
-	31, // 35: loaderd.feed.v1.Feed.Plan:input_type -> loaderd.feed.v1.PlanRequest
-	33, // 36: loaderd.feed.v1.Feed.Write:input_type -> loaderd.feed.v1.WriteRequest
-	36, // 37: loaderd.feed.v1.Feed.GroupBy:input_type -> loaderd.feed.v1.GroupByRequest
-	13, // 38: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
-	17, // 39: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
-	23, // 40: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
-	30, // 41: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
-	32, // 42: loaderd.feed.v1.Feed.Plan:output_type -> loaderd.feed.v1.PlanResponse
-	34, // 43: loaderd.feed.v1.Feed.Write:output_type -> loaderd.feed.v1.WriteResponse
-	37, // 44: loaderd.feed.v1.Feed.GroupBy:output_type -> loaderd.feed.v1.GroupByResponse
-	38, // [38:45] is the sub-list for method output_type
-	31, // [31:38] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	30, // 21: loaderd.feed.v1.StatusResponse.sessions:type_name -> loaderd.feed.v1.SessionStatus
+	26, // 22: loaderd.feed.v1.StatusResponse.cache:type_name -> loaderd.feed.v1.CacheStatus
+	27, // 23: loaderd.feed.v1.StatusResponse.memory:type_name -> loaderd.feed.v1.MemoryStatus
+	28, // 24: loaderd.feed.v1.StatusResponse.lookahead:type_name -> loaderd.feed.v1.LookaheadStatus
+	37, // 25: loaderd.feed.v1.StatusResponse.writes:type_name -> loaderd.feed.v1.WriteStatus
+	29, // 26: loaderd.feed.v1.StatusResponse.plans:type_name -> loaderd.feed.v1.PlanStatus
+	24, // 27: loaderd.feed.v1.StatusResponse.decoder:type_name -> loaderd.feed.v1.DecoderStatus
+	25, // 28: loaderd.feed.v1.DecoderStatus.gpus:type_name -> loaderd.feed.v1.GpuStatus
+	2,  // 29: loaderd.feed.v1.SessionStatus.transport:type_name -> loaderd.feed.v1.Transport
+	15, // 30: loaderd.feed.v1.PlanRequest.open:type_name -> loaderd.feed.v1.OpenStream
+	3,  // 31: loaderd.feed.v1.WriteRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
+	3,  // 32: loaderd.feed.v1.GroupByRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
+	12, // 33: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
+	14, // 34: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
+	22, // 35: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
+	31, // 36: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
+	33, // 37: loaderd.feed.v1.Feed.Plan:input_type -> loaderd.feed.v1.PlanRequest
+	35, // 38: loaderd.feed.v1.Feed.Write:input_type -> loaderd.feed.v1.WriteRequest
+	38, // 39: loaderd.feed.v1.Feed.GroupBy:input_type -> loaderd.feed.v1.GroupByRequest
+	13, // 40: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
+	17, // 41: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
+	23, // 42: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
+	32, // 43: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
+	34, // 44: loaderd.feed.v1.Feed.Plan:output_type -> loaderd.feed.v1.PlanResponse
+	36, // 45: loaderd.feed.v1.Feed.Write:output_type -> loaderd.feed.v1.WriteResponse
+	39, // 46: loaderd.feed.v1.Feed.GroupBy:output_type -> loaderd.feed.v1.GroupByResponse
+	40, // [40:47] is the sub-list for method output_type
+	33, // [33:40] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_loaderd_feed_v1_feed_proto_init() }
@@ -3375,7 +3570,7 @@ func file_loaderd_feed_v1_feed_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loaderd_feed_v1_feed_proto_rawDesc), len(file_loaderd_feed_v1_feed_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   36,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
