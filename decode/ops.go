@@ -1,6 +1,9 @@
 package decode
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -61,6 +64,14 @@ type Spec struct {
 	// Seed seeds every random transform together with the epoch and the
 	// sample's row index in the dataset; 0 is a seed like any other.
 	Seed uint64
+}
+
+// Fingerprint identifies what the spec does to images: equal for specs that
+// give the same pixels.
+func (s Spec) Fingerprint() string {
+	b, _ := json.Marshal(s) // cannot fail: strings, numbers and slices
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
 }
 
 // Limits on a spec, so one request cannot ask for unbounded work.

@@ -2,6 +2,7 @@ package feed
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -19,7 +20,10 @@ import (
 // groups are assembled, so it must fit in Options.GroupBytes; beyond that
 // the call fails with a clear error rather than growing without bound.
 func (v *service) GroupBy(req *feedv1.GroupByRequest, stream feedv1.Feed_GroupByServer) error {
-	ctx := stream.Context()
+	// A long read ends with the server too.
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	defer v.s.onStop(cancel)()
 	spec := specFromProto(req.GetDataset())
 	spec.Shuffle = nil
 	ds, err := v.s.datasets.open(ctx, spec, v.s.log)
@@ -29,7 +33,7 @@ func (v *service) GroupBy(req *feedv1.GroupByRequest, stream feedv1.Feed_GroupBy
 	if len(ds.Schema().FieldIndices(req.GetKey())) == 0 {
 		return shard.Invalidf("no column %q to group by", req.GetKey())
 	}
-	ps, err := v.s.whole(ctx, ds, writeBatchRows)
+	ps, err := v.s.whole(ctx, ds, spec, writeBatchRows)
 	if err != nil {
 		return err
 	}

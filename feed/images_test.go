@@ -1,6 +1,7 @@
 package feed
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +13,11 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/ipc"
+	"github.com/loaderd/loaderd/cache"
 	"github.com/loaderd/loaderd/decode"
+	feedv1 "github.com/loaderd/loaderd/feed/api/loaderd/feed/v1"
+	"github.com/loaderd/loaderd/prefetch"
 	"github.com/loaderd/loaderd/shard"
 	"github.com/loaderd/loaderd/tests/corpora"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -174,5 +179,95 @@ func decodeable(t *testing.T) []string {
 		"images/tricky/pngsuite/basn3p08.png",
 		"images/tricky/exif-orientation/Portrait_5.jpg",
 		"images/tricky/jpeg-decoder/tower_progressive.jpg",
+	}
+}
+
+// Specs that read the same files alike share a dataset, its cached blocks and
+// its prepared epochs; what differs between them must not leak across: the
+// images a spec makes (a prepared epoch of another image spec is not its
+// epoch), the columns it selects (block cache keys of image folders), and
+// the shuffle and images of the request that Write and GroupBy serve.
+func TestImageSpecsShareNoOutput(t *testing.T) {
+	root := corpora.Path(t, "images")
+	store, err := shard.NewLocalStore([]string{root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c64, err := cache.New(cache.Options{Budget: 256 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c64.Close()
+	srv := startServerDeps(t, Options{Socket: filepath.Join(t.TempDir(), "d.sock")},
+		Deps{Store: store, Formats: shard.DefaultFormats(), Pool: prefetch.NewPool(2), Cache: c64})
+	c, err := Dial(srv.Socket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	folder := filepath.Join(root, "imagenet-sample")
+	a := shard.Spec{Format: "images", URIs: []string{folder}, Image: rrc32}
+	b := a
+	b.Image = &decode.Spec{Column: "image", Ops: []decode.Op{{Kind: decode.CenterCrop, Height: 16, Width: 16}}}
+
+	// A reads epoch 0, which prepares its epoch 1; B then asks for epoch 1.
+	if _, _, err := streamAll(c, StreamRequest{Spec: a, World: 1, Mode: shard.Exact, BatchSize: 50}); err != nil {
+		t.Fatal(err)
+	}
+	br, err := c.Stream(context.Background(), StreamRequest{Spec: b, World: 1, Mode: shard.Exact, BatchSize: 50, Epoch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := br.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := first.Record.Schema().Field(0).Type; !arrow.TypeEqual(got, arrow.FixedSizeListOf(16*16*3, arrow.PrimitiveTypes.Uint8)) {
+		t.Errorf("B's epoch 1 has images of type %s, want 16x16 ones", got)
+	}
+	first.Record.Release()
+	br.Close()
+
+	// With image and label blocks cached, a read of the labels alone must
+	// get labels, not the cached blocks' other columns.
+	labels := shard.Spec{Format: "images", URIs: []string{folder}, Columns: []string{"label"}}
+	lb, err := c.Stream(context.Background(), StreamRequest{Spec: labels, World: 1, Mode: shard.Exact, BatchSize: 200})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	for {
+		bt, err := lb.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range bt.Record.Column(0).(*array.Int64).Int64Values() {
+			if v < 0 || v >= 143 {
+				t.Fatalf("label %d outside the folder's 143 classes", v)
+			}
+		}
+		bt.Record.Release()
+	}
+
+	// GroupBy of a spec without images, after A: the image column stays bytes.
+	plain := shard.Spec{Format: "images", URIs: []string{folder}}
+	gs, err := c.api.GroupBy(context.Background(), &feedv1.GroupByRequest{Dataset: specToProto(plain), Key: "label"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := gs.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := ipc.NewReader(bytes.NewReader(resp.GetArrowIpc()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Release()
+	if f, _ := r.Schema().FieldsByName("image"); len(f) != 1 || f[0].Type.ID() != arrow.BINARY {
+		t.Errorf("GroupBy after an image spec: image field %v, want binary", f)
 	}
 }

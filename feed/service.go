@@ -118,6 +118,11 @@ func (v *service) request(ds *shard.Dataset, spec shard.Spec, open *feedv1.OpenS
 	if sh := spec.Shuffle; sh != nil {
 		key.Shuffled, key.Seed, key.WindowRows = true, sh.Seed, sh.WindowRows
 	}
+	if spec.Image != nil {
+		// Datasets are shared by specs that read alike; the images they
+		// make differ.
+		key.Extra = "image " + spec.Image.Fingerprint()
+	}
 	var src prefetch.Source = ds
 	if v.s.cache != nil {
 		src = v.s.cache.Blocks(ds)
@@ -155,10 +160,12 @@ func (s *Server) images(ds *shard.Dataset, spec shard.Spec, epoch int64) (*arrow
 }
 
 // whole streams a dataset as rank 0 of 1 in exact mode, epoch 0 (file
-// order, or the spec's shuffle), through the same stages as a session:
-// block cache, memory budget, image decoding. Write and GroupBy read this way.
-func (s *Server) whole(ctx context.Context, ds *shard.Dataset, batchRows int) (*prefetch.Stream, error) {
-	plan, err := ds.EpochPlan(ds.Spec.Shuffle, 0, 1, shard.Exact)
+// order, or spec's shuffle), through the same stages as a session: block
+// cache, memory budget, image decoding. Write and GroupBy read this way. spec
+// is the request's: ds may have been opened by another spec that reads alike
+// but shuffles or decodes images differently.
+func (s *Server) whole(ctx context.Context, ds *shard.Dataset, spec shard.Spec, batchRows int) (*prefetch.Stream, error) {
+	plan, err := ds.EpochPlan(spec.Shuffle, 0, 1, shard.Exact)
 	if err != nil {
 		return nil, err
 	}
@@ -166,7 +173,7 @@ func (s *Server) whole(ctx context.Context, ds *shard.Dataset, batchRows int) (*
 	if err != nil {
 		return nil, err
 	}
-	_, images, err := s.images(ds, ds.Spec, 0)
+	_, images, err := s.images(ds, spec, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +182,7 @@ func (s *Server) whole(ctx context.Context, ds *shard.Dataset, batchRows int) (*
 		src = s.cache.Blocks(ds)
 	}
 	return prefetch.Start(ctx, src, rp, 0, prefetch.Options{
-		BatchSize: batchRows, Ahead: s.opts.Ahead, ReadAhead: s.opts.ReadAhead, OnError: ds.Spec.OnError,
+		BatchSize: batchRows, Ahead: s.opts.Ahead, ReadAhead: s.opts.ReadAhead, OnError: spec.OnError,
 		Images: images, Pool: s.pool, Memory: s.memory, Mem: s.mem, Logger: s.log,
 	})
 }

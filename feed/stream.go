@@ -360,6 +360,9 @@ func (s *sender) close() {
 		}
 	}
 	s.charge(-s.charged)
+	// The ring's charge ends with the session. A client that keeps batches
+	// past its session keeps their pages mapped, uncounted: they are its
+	// memory then, as a copy would be.
 	if s.s.memory != nil && s.ringBytes > 0 {
 		s.s.memory.ChargeOffHeap(-s.ringBytes)
 	}

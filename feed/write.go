@@ -135,7 +135,7 @@ func (v *service) Write(ctx context.Context, req *feedv1.WriteRequest) (*feedv1.
 	w := &write{id: fmt.Sprintf("w%d", v.s.writes.seq.Add(1)), job: req.GetJob(), dir: req.GetDir(),
 		format: req.GetFormat(), total: ds.Rows, started: time.Now(), state: "running"}
 	v.s.writes.add(w)
-	paths, err := v.runWrite(ctx, ds, sink, w, req.GetFormat(), ext, perFile)
+	paths, err := v.runWrite(ctx, ds, spec, sink, w, req.GetFormat(), ext, perFile)
 	w.finish(err)
 	if err != nil {
 		return nil, err
@@ -156,11 +156,11 @@ func filesRows(rows, partitions, perFile, inputs int64) int64 {
 	return max(1, (rows+max(1, inputs)-1)/max(1, inputs))
 }
 
-func (v *service) runWrite(ctx context.Context, ds *shard.Dataset, sink shard.Sink, w *write, format, ext string, perFile int64) (paths []string, err error) {
+func (v *service) runWrite(ctx context.Context, ds *shard.Dataset, spec shard.Spec, sink shard.Sink, w *write, format, ext string, perFile int64) (paths []string, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer v.s.onStop(cancel)()
-	ps, err := v.s.whole(ctx, ds, int(min(perFile, writeBatchRows)))
+	ps, err := v.s.whole(ctx, ds, spec, int(min(perFile, writeBatchRows)))
 	if err != nil {
 		return nil, err
 	}

@@ -32,6 +32,7 @@ type Memory struct {
 	inUse    atomic.Int64
 	external atomic.Int64
 	offHeap  atomic.Int64 // the part of external outside the Go heap
+	offMu    sync.Mutex   // orders the runtime limits that off-heap charges set
 	// runtimeLimit, when set, holds the Go heap to what the budget leaves
 	// beside off-heap memory (debug.SetMemoryLimit).
 	runtimeLimit func(int64) int64
@@ -227,6 +228,10 @@ func (m *Memory) Charge(n int64) {
 // as much, so that heap and off-heap memory together stay within the budget.
 func (m *Memory) ChargeOffHeap(n int64) {
 	m.Charge(n)
+	// Under offMu, limits are set in the order of the charges: the last
+	// one set reflects every charge.
+	m.offMu.Lock()
+	defer m.offMu.Unlock()
 	off := m.offHeap.Add(n)
 	if m.runtimeLimit != nil {
 		// The heap keeps at least the runtime's share whatever is off-heap.

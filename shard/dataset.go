@@ -166,7 +166,7 @@ func openTree(ctx context.Context, spec Spec, opts OpenOptions, tf TreeFormat) (
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", root, err)
 	}
-	d := &Dataset{Spec: spec, schema: sc, Listed: infos, store: opts.Store, format: tf}
+	d := &Dataset{Spec: spec, schema: sc, Listed: infos, store: opts.Store, format: tf, decoding: decodingID(spec)}
 	d.add(m)
 	d.digest = d.contentDigest()
 	return d, nil
