@@ -317,6 +317,10 @@ class Shard:
         self.world_size = world_size
         self.mode: ShardMode = mode
         self.job = os.environ.get("LOADERD_JOB", "")
+        # The cursor: where the batches handed out so far end. _resume is a
+        # loaded cursor, taken by the next iteration of its epoch.
+        self._cursor: dict[str, Any] | None = None
+        self._resume: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"Shard(rank={self.rank}, world_size={self.world_size}, mode={self.mode!r}, {self.dataset!r})"
@@ -376,13 +380,36 @@ class Shard:
             raise InvalidArgumentError(f"batch_format must be one of {BATCH_FORMATS}, got {batch_format!r}")
         if transport not in TRANSPORTS:
             raise InvalidArgumentError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
-        return self._iter(self._open(epoch, batch_size, drop_last), batch_format, padding_column, transport)
+        req = self._open(epoch, batch_size, drop_last)
+        resume, self._resume = self._resume, None
+        if resume is not None and resume["epoch"] == epoch:
+            req.start_sample = resume["next_sample"]
+        else:
+            resume = None
+        return self._iter(req, batch_format, padding_column, transport, resume)
 
     def _iter(
-        self, req: feed_pb2.OpenStream, batch_format: str, padding_column: str | None, transport: Transport
+        self,
+        req: feed_pb2.OpenStream,
+        batch_format: str,
+        padding_column: str | None,
+        transport: Transport,
+        resume: dict[str, Any] | None = None,
     ) -> Iterator[Any]:
         stream = self.dataset._client.stream(req, transport)
+        fp = stream.header.plan_fingerprint
+        if resume is not None and resume["plan_fingerprint"] not in ("", fp):
+            stream.close()
+            raise InvalidArgumentError(
+                f"the saved cursor is for another plan of epoch {req.epoch} (fingerprint "
+                f"{resume['plan_fingerprint']}, the daemon plans {fp}): the dataset's files, shuffle, "
+                "world size or mode changed"
+            )
+        self._cursor = self._state(req.epoch, req.start_sample, fp)
         for rb, meta in stream:
+            # A batch handed out counts as consumed: a checkpoint taken
+            # while the caller holds it resumes after it.
+            self._cursor = self._state(req.epoch, meta.next_sample, fp)
             if rb.num_rows == 0:
                 continue  # every sample of it was bad and skipped
             if padding_column is not None:
@@ -395,6 +422,97 @@ class Shard:
             del rb
             yield out
             del out
+
+    def _state(self, epoch: int, next_sample: int, fingerprint: str) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "epoch": epoch,
+            "next_sample": next_sample,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "mode": self.mode,
+            "plan_fingerprint": fingerprint,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this shard's iteration stands: a small JSON-serializable
+        cursor (epoch, next sample, rank, world size, mode, the plan's
+        fingerprint). Save it with a checkpoint; :meth:`load_state_dict` in
+        a new process (the daemon may have restarted) makes the next
+        ``iter_batches(epoch=...)`` of that epoch continue at the next sample,
+        nothing skipped or repeated. Batches already handed out count as
+        consumed. Before any iteration: epoch 0, sample 0."""
+        return dict(self._cursor) if self._cursor is not None else self._state(0, 0, "")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from a :meth:`state_dict`: the next iteration of its epoch
+        starts at its next sample (iterating another epoch drops it). The
+        rank, world size and mode must be this shard's, and the daemon must
+        plan the epoch as it did (same files, shuffle, world size)."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise InvalidArgumentError(
+                f"not a loaderd shard state of version {STATE_VERSION}: {state!r}"[:300]
+            )
+        mine = {"rank": self.rank, "world_size": self.world_size, "mode": self.mode}
+        theirs = {k: state.get(k) for k in mine}
+        if theirs != mine:
+            raise InvalidArgumentError(f"the saved cursor is for {theirs}, this shard is {mine}")
+        try:
+            epoch, nxt, fp = int(state["epoch"]), int(state["next_sample"]), str(state["plan_fingerprint"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise InvalidArgumentError(f"malformed shard state: {err}") from None
+        if epoch < 0 or nxt < 0:
+            raise InvalidArgumentError(f"malformed shard state: epoch {epoch}, next_sample {nxt}")
+        self._resume = self._state(epoch, nxt, fp)
+        self._cursor = dict(self._resume)
+
+    def iter_torch_batches(
+        self,
+        batch_size: int = 256,
+        *,
+        epoch: int = 0,
+        device: Any = None,
+        dtypes: dict[str, Any] | None = None,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+        transport: Transport = "auto",
+    ) -> Iterator[dict[str, Any]]:
+        """This rank's batches as dicts of torch tensors.
+
+        Tensors are views of the batch's Arrow buffers (shared memory on the
+        daemon's host): no copy, and read-only — modify a batch only after
+        ``.clone()``. ``dtypes={"x": torch.float32}`` casts (a copy);
+        ``pin_memory=True`` copies into pinned memory for fast transfers;
+        ``device="cuda"`` moves the tensors (non-blocking when pinned).
+        Columns torch cannot hold (strings, binary) stay NumPy arrays.
+        """
+        import torch
+
+        if pin_memory and not torch.cuda.is_available():
+            raise InvalidArgumentError("pin_memory=True needs CUDA, which this torch build cannot use")
+        for batch in self.iter_batches(
+            batch_size, epoch=epoch, batch_format="torch", drop_last=drop_last, transport=transport
+        ):
+            for name, t in batch.items():
+                if not isinstance(t, torch.Tensor):
+                    continue
+                if dtypes and name in dtypes:
+                    t = t.to(dtypes[name])
+                if pin_memory:
+                    t = t.pin_memory()
+                if device is not None:
+                    t = t.to(device, non_blocking=pin_memory)
+                batch[name] = t
+            yield batch
+
+    def to_torch(self, batch_size: int = 256, **kwargs: Any) -> Any:
+        """A ``torch.utils.data.IterableDataset`` over this shard's batches
+        (:meth:`iter_torch_batches` arguments), for ``DataLoader(ds,
+        batch_size=None)``: batching and shuffling happen in the daemon, so
+        keep ``num_workers=0``. Call ``set_epoch(e)`` before each epoch."""
+        from loaderd._torch import ShardIterable
+
+        return ShardIterable(self, batch_size, kwargs)
 
 
 def read_parquet(
@@ -468,6 +586,10 @@ def read_webdataset(
         image=_Image("image", seed=seed) if not columns or "image" in columns else None,
     )
     return Dataset(spec, Client(socket))
+
+
+STATE_VERSION = 1
+"""Version of :meth:`Shard.state_dict`'s cursor."""
 
 
 def _open(
@@ -600,4 +722,14 @@ def get_dataset_shard(ds: Dataset, mode: ShardMode = "even") -> Shard:
             "get_dataset_shard needs RANK and WORLD_SIZE in the environment (set by torchrun), or "
             "WORLD_SIZE with NODE_RANK, LOCAL_RANK and LOCAL_WORLD_SIZE; or call ds.shard(rank, world_size)"
         )
+    if not 0 <= rank[0] < world[0]:
+        raise InvalidArgumentError(f"RANK={rank[0]} is outside WORLD_SIZE={world[0]}")
+    # torchrun numbers ranks node by node: a LOCAL_RANK that disagrees with
+    # RANK means the launcher and the environment do not match.
+    if (local2 := ints("LOCAL_RANK", "LOCAL_WORLD_SIZE")) is not None and local2[1] > 0:
+        if rank[0] % local2[1] != local2[0]:
+            raise InvalidArgumentError(
+                f"LOCAL_RANK={local2[0]} does not match RANK={rank[0]} with LOCAL_WORLD_SIZE={local2[1]} "
+                "(torchrun sets RANK = node * LOCAL_WORLD_SIZE + LOCAL_RANK)"
+            )
     return ds.shard(rank[0], world[0], mode)
