@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 
-from loaderd import _io
+from loaderd import _io, _udf
 from loaderd._client import TRANSPORTS, Client, Transport
 from loaderd._formats import BATCH_FORMATS, format_batch
 from loaderd._proto import feed_pb2
@@ -114,9 +114,10 @@ class Dataset:
     (:meth:`iter_batches`) is the same as iterating shard 0 of 1.
     """
 
-    def __init__(self, spec: _Spec, client: Client) -> None:
+    def __init__(self, spec: _Spec, client: Client, udfs: tuple[_udf.Udf, ...] = ()) -> None:
         self._spec = spec
         self._client = client
+        self._udfs = udfs
 
     def __repr__(self) -> str:
         shuffle = f", shuffle(seed={self._spec.seed})" if self._spec.seed is not None else ""
@@ -225,7 +226,7 @@ class Dataset:
         return self._replace(image=replace(image, transforms=(*image.transforms, t)))
 
     def _replace(self, **changes: Any) -> Dataset:
-        return Dataset(replace(self._spec, **changes), self._client)
+        return Dataset(replace(self._spec, **changes), self._client, self._udfs)
 
     def shard(self, rank: int, world_size: int, mode: ShardMode = "even") -> Shard:
         """Rank ``rank``'s share of each epoch, out of ``world_size`` ranks.
@@ -242,28 +243,75 @@ class Dataset:
         splits rows across ranks whatever the partitioning)."""
         if num_partitions < 1:
             raise InvalidArgumentError(f"num_partitions must be positive, got {num_partitions}")
-        return Dataset(replace(self._spec, partitions=num_partitions), self._client)
+        return Dataset(replace(self._spec, partitions=num_partitions), self._client, self._udfs)
 
     def write_parquet(self, path: str, *, rows_per_file: int | None = None) -> list[str]:
         """Run the whole pipeline in the daemon and write Parquet files
         ``part-NNNNN.parquet`` under ``path`` (inside a data root). Each file
         appears whole, when complete. Returns the files written."""
+        self._daemon_only("write_parquet")
         return _io.write(self, "parquet", path, rows_per_file)
 
     def write_csv(self, path: str, *, rows_per_file: int | None = None) -> list[str]:
         """As :meth:`write_parquet`, as CSV with a header (flat columns only)."""
+        self._daemon_only("write_csv")
         return _io.write(self, "csv", path, rows_per_file)
 
     def write_json(self, path: str, *, rows_per_file: int | None = None) -> list[str]:
         """As :meth:`write_parquet`, as JSON Lines (``part-NNNNN.jsonl``)."""
+        self._daemon_only("write_json")
         return _io.write(self, "json", path, rows_per_file)
 
     def groupby(self, key: str) -> _io.GroupedData:
         """Rows grouped by the values of column ``key``, assembled in the daemon."""
+        self._daemon_only("groupby")
         return _io.GroupedData(self, key)
 
+    def map_batches(self, fn: Callable[[Any], Any], *, batch_format: str = "numpy") -> Dataset:
+        """Apply ``fn`` to every batch, in the client (trainer process) after
+        the batch arrives: Python cannot run in the daemon. ``fn`` gets the
+        batch in ``batch_format`` and returns a dict of arrays, a pyarrow
+        Table/RecordBatch or a pandas DataFrame. The result is a copy."""
+        if batch_format not in BATCH_FORMATS:
+            raise InvalidArgumentError(f"batch_format must be one of {BATCH_FORMATS}, got {batch_format!r}")
+        return self._with_udf(_udf.Udf("batches", fn, batch_format))
+
+    def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Dataset:
+        """Apply ``fn`` to every row (a dict), in the client, after receipt.
+        Row by row in Python: prefer :meth:`map_batches` for speed."""
+        return self._with_udf(_udf.Udf("rows", fn))
+
+    def filter(self, fn: Callable[[dict[str, Any]], bool]) -> Dataset:
+        """Keep the rows (dicts) for which ``fn`` is true, in the client,
+        after receipt: batches may then be smaller than ``batch_size``."""
+        return self._with_udf(_udf.Udf("filter", fn))
+
+    def _with_udf(self, u: _udf.Udf) -> Dataset:
+        return Dataset(self._spec, self._client, (*self._udfs, u))
+
+    def _daemon_only(self, what: str) -> None:
+        if self._udfs:
+            raise InvalidArgumentError(
+                f"{what} runs in the daemon, which cannot apply map_batches/map/filter (client-side "
+                "Python); iterate the dataset and write the batches yourself"
+            )
+
+    def take(self, n: int = 20) -> list[dict[str, Any]]:
+        """The first ``n`` rows (epoch 0), as dicts."""
+        out: list[dict[str, Any]] = []
+        if n <= 0:
+            return out
+        for t in self.iter_batches(batch_size=min(n, 8192), batch_format="pyarrow"):
+            out.extend(t.slice(0, n - len(out)).to_pylist())
+            if len(out) >= n:
+                break
+        return out
+
     def count(self) -> int:
-        """Rows in the dataset (one epoch, unpadded)."""
+        """Rows in the dataset (one epoch, unpadded). With client-side
+        functions (:meth:`filter`, :meth:`map`), the rows are read and counted."""
+        if self._udfs:
+            return sum(t.num_rows for t in self.iter_batches(batch_size=8192, batch_format="pyarrow"))
         return int(self._client.describe(self._spec.to_proto()).num_rows)
 
     def schema(self) -> pa.Schema:
@@ -396,6 +444,7 @@ class Shard:
         transport: Transport,
         resume: dict[str, Any] | None = None,
     ) -> Iterator[Any]:
+        udfs = self.dataset._udfs
         stream = self.dataset._client.stream(req, transport)
         fp = stream.header.plan_fingerprint
         if resume is not None and resume["plan_fingerprint"] not in ("", fp):
@@ -410,8 +459,10 @@ class Shard:
             # A batch handed out counts as consumed: a checkpoint taken
             # while the caller holds it resumes after it.
             self._cursor = self._state(req.epoch, meta.next_sample, fp)
+            if udfs:
+                rb = _udf.apply(udfs, rb)
             if rb.num_rows == 0:
-                continue  # every sample of it was bad and skipped
+                continue  # every sample of it was bad and skipped (or filtered out)
             if padding_column is not None:
                 n = rb.num_rows
                 mask = np.arange(n) >= n - meta.padding_rows
