@@ -178,7 +178,7 @@ def test_environment_checks(monkeypatch: pytest.MonkeyPatch, small: Path) -> Non
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("RANK", "5")
     monkeypatch.setenv("WORLD_SIZE", "4")
-    with pytest.raises(loaderd.InvalidArgumentError, match="RANK=5"):
+    with pytest.raises(loaderd.InvalidArgumentError, match="rank 5 is outside world_size 4"):
         loaderd.get_dataset_shard(ds)
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "0")

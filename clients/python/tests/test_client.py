@@ -55,9 +55,12 @@ def test_get_dataset_shard_from_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("LOCAL_RANK", "2")
     with pytest.raises(loaderd.InvalidArgumentError, match="rank 8 is outside world_size 8"):
         loaderd.get_dataset_shard(ds)
-    # RANK, when set, wins.
+    # RANK, when set, wins; it must agree with LOCAL_RANK as torchrun numbers them.
+    monkeypatch.setenv("RANK", "5")
+    assert loaderd.get_dataset_shard(ds).rank == 5
     monkeypatch.setenv("RANK", "0")
-    assert loaderd.get_dataset_shard(ds).rank == 0
+    with pytest.raises(loaderd.InvalidArgumentError, match="LOCAL_RANK=2 does not match RANK=0"):
+        loaderd.get_dataset_shard(ds)
 
 
 @pytest.mark.parametrize(

@@ -773,8 +773,6 @@ def get_dataset_shard(ds: Dataset, mode: ShardMode = "even") -> Shard:
             "get_dataset_shard needs RANK and WORLD_SIZE in the environment (set by torchrun), or "
             "WORLD_SIZE with NODE_RANK, LOCAL_RANK and LOCAL_WORLD_SIZE; or call ds.shard(rank, world_size)"
         )
-    if not 0 <= rank[0] < world[0]:
-        raise InvalidArgumentError(f"RANK={rank[0]} is outside WORLD_SIZE={world[0]}")
     # torchrun numbers ranks node by node: a LOCAL_RANK that disagrees with
     # RANK means the launcher and the environment do not match.
     if (local2 := ints("LOCAL_RANK", "LOCAL_WORLD_SIZE")) is not None and local2[1] > 0:
