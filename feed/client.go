@@ -2,6 +2,8 @@ package feed
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -351,6 +353,7 @@ type StatusReport struct {
 	Lookahead LookaheadReport
 	Writes    []WriteReport
 	Decoder   DecoderReport
+	Uploads   *shard.MemStats // nil when the daemon takes no uploads
 }
 
 // DecoderReport is the image decoder the daemon chose, why, and the GPUs it
@@ -425,7 +428,41 @@ func (c *Client) Status(ctx context.Context) (StatusReport, error) {
 				MemoryBytes: uint64(g.GetMemoryBytes()), Major: major, Minor: minor})
 		}
 	}
+	if u := resp.GetUploads(); u != nil {
+		r.Uploads = &shard.MemStats{Budget: u.GetBudgetBytes(), Bytes: u.GetBytes(), Tables: int(u.GetTables()),
+			Uploads: u.GetUploads(), Evictions: u.GetEvictions(), ReservedForInProgress: u.GetReservedBytes()}
+	}
 	return r, nil
+}
+
+// uploadChunk is the size of an upload's messages.
+const uploadChunk = 1 << 20
+
+// Upload sends a table (Parquet bytes) to the daemon's upload store, unless
+// it holds it already, and returns its URI (mem://<sha256>).
+func (c *Client) Upload(ctx context.Context, table []byte) (string, error) {
+	sum := sha256.Sum256(table)
+	st, err := c.api.Upload(ctx)
+	if err != nil {
+		return "", err
+	}
+	h := &feedv1.UploadHeader{Sha256: hex.EncodeToString(sum[:]), Size: int64(len(table))}
+	if err := st.Send(&feedv1.UploadRequest{Part: &feedv1.UploadRequest_Header{Header: h}}); err != nil {
+		_, err = st.CloseAndRecv() // the server's answer says why
+		return "", err
+	}
+	for rest := table; len(rest) > 0; {
+		n := min(len(rest), uploadChunk)
+		if err := st.Send(&feedv1.UploadRequest{Part: &feedv1.UploadRequest_Chunk{Chunk: rest[:n]}}); err != nil {
+			break // the server ended the call: CloseAndRecv says how
+		}
+		rest = rest[n:]
+	}
+	resp, err := st.CloseAndRecv()
+	if err != nil {
+		return "", err
+	}
+	return resp.GetUri(), nil
 }
 
 // Version asks the daemon for its version.

@@ -174,6 +174,9 @@ type Deps struct {
 	// found, for the status; both optional.
 	DecoderChoice string
 	GPUs          *decode.Discovery
+	// Uploads keeps the tables clients upload (its URIs must also reach
+	// Store); nil: uploads are refused.
+	Uploads *shard.MemStore
 }
 
 // Server serves the feed API on a Unix socket.
@@ -191,6 +194,7 @@ type Server struct {
 	encBufs  sync.Pool // *bytes.Buffer: writing into reused memory is faster than into fresh
 	writes   *writes
 	outputs  shard.Outputs
+	uploads  *shard.MemStore
 	started  time.Time
 	// decoderChoice and gpus are shown in the status.
 	decoderChoice string
@@ -237,7 +241,7 @@ func NewServer(opts Options, deps Deps) (*Server, error) {
 		}),
 		datasets: newDatasets(shard.OpenOptions{Store: deps.Store, Formats: deps.Formats}, opts.Datasets),
 		sessions: newSessions(),
-		writes:   &writes{}, outputs: deps.Outputs,
+		writes:   &writes{}, outputs: deps.Outputs, uploads: deps.Uploads,
 	}
 	s.encBufs.New = func() any { return new(bytes.Buffer) }
 	return s, nil

@@ -53,6 +53,7 @@ func (v *service) Status(context.Context, *feedv1.StatusRequest) (*feedv1.Status
 		Writes:        v.s.writes.status(),
 		Plans:         v.s.sessions.plans(),
 		Decoder:       decoderStatus(v.s.decoder, v.s.decoderChoice, v.s.gpus),
+		Uploads:       uploadsStatus(v.s.uploads),
 	}
 	if c := v.s.cache; c != nil {
 		st := c.Stats()

@@ -39,6 +39,8 @@ func toStatus(err error) error {
 		code, reason = codes.Unimplemented, "UNSUPPORTED"
 	case errors.Is(err, shard.ErrBadInput):
 		code, reason = codes.DataLoss, "BAD_INPUT"
+	case errors.Is(err, shard.ErrExhausted):
+		code, reason = codes.ResourceExhausted, "RESOURCE_EXHAUSTED"
 	}
 	st := status.New(code, err.Error())
 	info := &errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain}

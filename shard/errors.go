@@ -18,6 +18,9 @@ var (
 	ErrBadInput = errors.New("bad input")
 	// ErrUnsupported: valid input this build cannot read.
 	ErrUnsupported = errors.New("unsupported")
+	// ErrExhausted: a configured bound would be exceeded (an upload larger
+	// than the room for uploads).
+	ErrExhausted = errors.New("resource exhausted")
 )
 
 // InputError reports malformed or unreadable input: which file, where in it,

@@ -13,13 +13,6 @@ import (
 	"github.com/loaderd/loaderd/tests/corpora"
 )
 
-// memFile is a File over bytes, so fuzzing needs no disk.
-type memFile struct{ *bytes.Reader }
-
-func (memFile) Close() error { return nil }
-
-func (f memFile) Size() int64 { return f.Reader.Size() }
-
 // fuzzFormat reads data as one file of the format: whatever the bytes, the
 // reader returns rows or an InputError, never a panic or another error, and
 // the rows it returns are the rows it counted.

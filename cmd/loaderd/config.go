@@ -41,12 +41,17 @@ type Config struct {
 	MemoryBytes Size `yaml:"memory-bytes"`
 	// CacheBytes is the block cache's part of MemoryBytes (0: no cache; the
 	// default is half of it, or less when that does not fit).
-	CacheBytes Size       `yaml:"cache-bytes"`
-	Workers    int        `yaml:"workers"`
-	Decode     string     `yaml:"decode"`
-	LogLevel   slog.Level `yaml:"log-level"`
-	AllowUIDs  []string   `yaml:"allow-uid"`
-	AllowGIDs  []string   `yaml:"allow-gid"`
+	CacheBytes Size `yaml:"cache-bytes"`
+	// UploadBytes is the part of MemoryBytes that holds tables clients
+	// upload (loaderd.from_items, from_pandas, ...); the least recently
+	// used make room for new ones (0: uploads refused; the default is an
+	// eighth of it, or less when that does not fit beside the cache).
+	UploadBytes Size       `yaml:"upload-bytes"`
+	Workers     int        `yaml:"workers"`
+	Decode      string     `yaml:"decode"`
+	LogLevel    slog.Level `yaml:"log-level"`
+	AllowUIDs   []string   `yaml:"allow-uid"`
+	AllowGIDs   []string   `yaml:"allow-gid"`
 	// MetricsAddr is where /metrics is served over HTTP ("": nowhere).
 	MetricsAddr string `yaml:"metrics-addr"`
 	// LookaheadTTL is how long a rank's next epoch, prepared while it reads
@@ -68,14 +73,17 @@ type Config struct {
 	GCSEndpoint  string   `yaml:"gcs-endpoint"`
 }
 
-// autoCache is CacheBytes until EnsureDefaults sizes it from MemoryBytes; no
-// file or flag can give a negative size.
-const autoCache Size = -1
+// autoCache is CacheBytes (and autoUpload UploadBytes) until EnsureDefaults
+// sizes it from MemoryBytes; no file or flag can give a negative size.
+const (
+	autoCache  Size = -1
+	autoUpload Size = -1
+)
 
 // defaultConfig holds the defaults that differ from the zero value and do not
 // depend on the host; EnsureDefaults fills the others after file and flags.
 func defaultConfig() Config {
-	return Config{CacheBytes: autoCache, Decode: "auto", LogLevel: slog.LevelInfo, ShmRingBytes: feed.DefaultShmRingBytes,
+	return Config{CacheBytes: autoCache, UploadBytes: autoUpload, Decode: "auto", LogLevel: slog.LevelInfo, ShmRingBytes: feed.DefaultShmRingBytes,
 		ShmSpillAfter: Duration(time.Second), ShmMinBatchBytes: feed.DefaultShmMinBatchBytes}
 }
 
@@ -85,6 +93,7 @@ func (c *Config) flags(fs *flag.FlagSet) {
 	fs.Var(&listFlag{v: &c.DataRoots}, "data-root", "directory datasets may be read from; repeat for several (default: the working directory)")
 	fs.TextVar(&c.MemoryBytes, "memory-bytes", c.MemoryBytes, "memory budget of the daemon, e.g. 8GiB: queued batches, reads and the cache take up to three quarters, the Go runtime the rest (default: a quarter of the machine's or cgroup's memory, at least 256 MiB)")
 	fs.TextVar(&c.CacheBytes, "cache-bytes", c.CacheBytes, "decoded-block cache budget, part of memory-bytes, e.g. 4GiB; 0 disables the cache (default: half of memory-bytes)")
+	fs.TextVar(&c.UploadBytes, "upload-bytes", c.UploadBytes, "memory for tables clients upload (loaderd.from_items, from_pandas, ...), part of memory-bytes; the least recently used make room; 0 refuses uploads (default: an eighth of memory-bytes)")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "blocks read and images decoded at once, all sessions together (default: GOMAXPROCS)")
 	fs.StringVar(&c.Decode, "decode", c.Decode, "image decoder: cpu, gpu, or auto (the GPU when one is usable, else the CPU)")
 	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn, error")
@@ -117,8 +126,17 @@ func (c *Config) EnsureDefaults() {
 	if c.MemoryBytes == 0 {
 		c.MemoryBytes = defaultMemoryBytes()
 	}
-	if c.CacheBytes == autoCache {
-		c.CacheBytes = max(0, min(c.MemoryBytes/2, maxCacheBytes(c.MemoryBytes)))
+	// The cache and uploads share what counted data may use, less room for
+	// queues and reads; a size given wins over a default.
+	most := maxCacheBytes(c.MemoryBytes)
+	switch {
+	case c.CacheBytes == autoCache && c.UploadBytes == autoUpload:
+		c.UploadBytes = max(0, min(c.MemoryBytes/8, most))
+		c.CacheBytes = max(0, min(c.MemoryBytes/2, most-c.UploadBytes))
+	case c.CacheBytes == autoCache:
+		c.CacheBytes = max(0, min(c.MemoryBytes/2, most-c.UploadBytes))
+	case c.UploadBytes == autoUpload:
+		c.UploadBytes = max(0, min(c.MemoryBytes/8, most-c.CacheBytes))
 	}
 	if c.LookaheadTTL == 0 {
 		c.LookaheadTTL = 2 * time.Minute
@@ -176,6 +194,10 @@ func (c *Config) Validate() error {
 		return settingErr("cache-bytes", c.CacheBytes, "does not fit in memory-bytes %s: the cache is part of the "+
 			"memory budget, of which a quarter is left to the Go runtime and %s to queues and reads, so at most %s "+
 			"(lower cache-bytes or raise memory-bytes)", c.MemoryBytes, minPipelineBytes, most)
+	}
+	if most := maxCacheBytes(c.MemoryBytes); c.CacheBytes <= most && c.CacheBytes+c.UploadBytes > most {
+		return settingErr("upload-bytes", c.UploadBytes, "does not fit in memory-bytes %s beside cache-bytes %s: "+
+			"together they may take at most %s (lower one of them or raise memory-bytes)", c.MemoryBytes, c.CacheBytes, most)
 	}
 	if c.LookaheadTTL < 0 {
 		return settingErr("lookahead-ttl", c.LookaheadTTL, "must not be negative (no-lookahead turns look-ahead off)")

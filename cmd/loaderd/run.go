@@ -192,6 +192,10 @@ func printStatus(w io.Writer, socket string, st feed.StatusReport) error {
 			humanize.IBytes(uint64(m.Idle)), humanize.IBytes(uint64(max(m.Charged, 0))), m.WaitSeconds,
 			humanize.IBytes(uint64(m.RSS)), humanize.IBytes(uint64(m.PeakRSS)))
 	}
+	if u := st.Uploads; u != nil {
+		fmt.Fprintf(w, "uploads:   %d tables, %s of %s (%d uploaded, %d dropped for room)\n",
+			u.Tables, humanize.IBytes(uint64(u.Bytes)), humanize.IBytes(uint64(u.Budget)), u.Uploads, u.Evictions)
+	}
 	la := st.Lookahead
 	fmt.Fprintf(w, "lookahead: %d epochs prepared, %d claimed, %d expired, %d waiting\n",
 		la.Prepared, la.Claimed, la.Expired, la.Waiting)

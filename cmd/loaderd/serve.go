@@ -59,7 +59,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer stopping()
 	return d.srv.Serve(ctx, func() {
 		log.Info("loaderd ready", "socket", d.srv.Socket(), "version", version, "data_roots", d.roots,
-			"workers", cfg.Workers, "memory", cfg.MemoryBytes.String(), "cache", cfg.CacheBytes.String(),
+			"workers", cfg.Workers, "memory", cfg.MemoryBytes.String(), "cache", cfg.CacheBytes.String(), "uploads", cfg.UploadBytes.String(),
 			"shm_ring", cfg.ShmRingBytes.String(), "metrics", cfg.MetricsAddr,
 			"decoder", d.decoder.Name(), "decoder_choice", d.decoderWhy)
 		sd.ready(ctx, d.srv.Socket())
@@ -122,8 +122,15 @@ func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, erro
 	if cfg.CacheBytes > 0 {
 		remote = cache.NewStore(remote, c)
 	}
-	store := shard.Router{Local: shard.ObserveReads(local, pm.ObserveRead),
-		Remote: map[string]shard.Store{"s3": remote, "gs": remote}}
+	// Uploaded tables are held in memory, counted in the budget; reading
+	// them costs nothing worth caching.
+	var uploads *shard.MemStore
+	remotes := map[string]shard.Store{"s3": remote, "gs": remote}
+	if cfg.UploadBytes > 0 {
+		uploads = shard.NewMemStore(int64(cfg.UploadBytes), mem.Charge)
+		remotes[shard.MemScheme] = uploads
+	}
+	store := shard.Router{Local: shard.ObserveReads(local, pm.ObserveRead), Remote: remotes}
 	// feed.Options reads 0 as "the default"; in the configuration 0 means none.
 	shmBytes, shmMin := int64(cfg.ShmRingBytes), int64(cfg.ShmMinBatchBytes)
 	if shmBytes == 0 {
@@ -143,7 +150,7 @@ func newDaemon(cfg Config, uids, gids []uint32, log *slog.Logger) (*daemon, erro
 	srv, err := feed.NewServer(opts, feed.Deps{
 		Store: store, Formats: shard.DefaultFormats(), Pool: prefetch.NewPool(cfg.Workers),
 		Memory: mem, Cache: c, Metrics: pm, Decoder: dec, DecoderChoice: why, GPUs: &gpus, Logger: log,
-		Outputs: local,
+		Outputs: local, Uploads: uploads,
 	})
 	if err != nil {
 		c.Close()

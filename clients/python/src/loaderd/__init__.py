@@ -14,6 +14,7 @@ serve``); the client only describes what it wants and receives batches.
 
 from loaderd._io import GroupedData
 from loaderd._socket import default_socket
+from loaderd._tables import from_arrow, from_items, from_pandas, range
 from loaderd._version import __version__
 from loaderd.dataset import (
     IMAGENET_MEAN,
@@ -57,7 +58,11 @@ __all__ = [
     "UnsupportedError",
     "__version__",
     "default_socket",
+    "from_arrow",
+    "from_items",
+    "from_pandas",
     "get_dataset_shard",
+    "range",
     "read_csv",
     "read_images",
     "read_json",

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import itertools
 import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import grpc
 import pyarrow as pa
@@ -17,9 +19,10 @@ import pyarrow as pa
 from loaderd import _shm
 from loaderd._proto import feed_pb2, feed_pb2_grpc
 from loaderd._socket import default_socket
-from loaderd.errors import LoaderError, from_rpc_error
+from loaderd.errors import LoaderError, NotFoundError, from_rpc_error
 
 _log = logging.getLogger("loaderd")
+_T = TypeVar("_T")
 
 Transport = Literal["auto", "shm", "grpc"]
 TRANSPORTS: tuple[str, ...] = ("auto", "shm", "grpc")
@@ -28,6 +31,9 @@ _TRANSPORT_PROTO = {
     "shm": feed_pb2.TRANSPORT_SHM,
     "grpc": feed_pb2.TRANSPORT_GRPC,
 }
+
+# An upload's messages: well under the daemon's request bound.
+_UPLOAD_CHUNK = 1 << 20
 
 # Batches can be large (a batch of images is tens of MB); requests are small.
 _CHANNEL_OPTIONS = [
@@ -64,6 +70,9 @@ class Client:
         self._pid = -1
         self._channel: grpc.Channel | None = None
         self._stub: Any = None
+        # Tables this process uploaded, by URI: kept to upload them again
+        # when the daemon restarted or dropped them for room.
+        self._tables: dict[str, bytes] = {}
 
     def _api(self) -> Any:
         with self._lock:
@@ -83,19 +92,66 @@ class Client:
     def _error(self, err: grpc.RpcError) -> LoaderError:
         return from_rpc_error(err, self.socket)
 
-    def describe(self, spec: feed_pb2.DatasetSpec) -> feed_pb2.DescribeResponse:
+    def upload(self, table: bytes) -> str:
+        """Keep ``table`` (Parquet bytes) in the daemon, unless it holds it
+        already, and return its URI, ``mem://<sha256>``."""
+        digest = hashlib.sha256(table).hexdigest()
+        self._send_table(digest, table)
+        uri = "mem://" + digest
+        self._tables[uri] = table
+        return uri
+
+    def _send_table(self, digest: str, table: bytes) -> None:
+        def parts() -> Iterator[feed_pb2.UploadRequest]:
+            yield feed_pb2.UploadRequest(header=feed_pb2.UploadHeader(sha256=digest, size=len(table)))
+            view = memoryview(table)
+            for at in range(0, len(table), _UPLOAD_CHUNK):
+                yield feed_pb2.UploadRequest(chunk=bytes(view[at : at + _UPLOAD_CHUNK]))
+
         try:
-            resp: feed_pb2.DescribeResponse = self._api().Describe(feed_pb2.DescribeRequest(dataset=spec))
-            return resp
+            self._api().Upload(parts())
         except grpc.RpcError as err:
             raise self._error(err) from None
 
-    def plan(self, open_req: feed_pb2.OpenStream) -> feed_pb2.PlanResponse:
+    def reupload(self, spec: feed_pb2.DatasetSpec) -> bool:
+        """Upload again the tables of ``spec`` this process uploaded before;
+        False when it names none."""
+        tables = [(uri, self._tables[uri]) for uri in spec.uris if uri in self._tables]
+        for uri, table in tables:
+            _log.info("loaderd: the daemon no longer holds %s; uploading it again", uri)
+            self._send_table(uri.removeprefix("mem://"), table)
+        return bool(tables)
+
+    def _retrying(self, spec: feed_pb2.DatasetSpec, call: Callable[[], _T]) -> _T:
+        """``call()``, once more after uploading the spec's tables again when
+        the daemon no longer had them."""
         try:
-            resp: feed_pb2.PlanResponse = self._api().Plan(feed_pb2.PlanRequest(open=open_req), timeout=60)
-            return resp
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+            return call()
+        except NotFoundError:
+            if not self.reupload(spec):
+                raise
+        return call()
+
+    def describe(self, spec: feed_pb2.DatasetSpec) -> feed_pb2.DescribeResponse:
+        def call() -> feed_pb2.DescribeResponse:
+            try:
+                resp: feed_pb2.DescribeResponse = self._api().Describe(feed_pb2.DescribeRequest(dataset=spec))
+                return resp
+            except grpc.RpcError as err:
+                raise self._error(err) from None
+
+        return self._retrying(spec, call)
+
+    def plan(self, open_req: feed_pb2.OpenStream) -> feed_pb2.PlanResponse:
+        def call() -> feed_pb2.PlanResponse:
+            try:
+                req = feed_pb2.PlanRequest(open=open_req)
+                resp: feed_pb2.PlanResponse = self._api().Plan(req, timeout=60)
+                return resp
+            except grpc.RpcError as err:
+                raise self._error(err) from None
+
+        return self._retrying(open_req.dataset, call)
 
     def status(self) -> feed_pb2.StatusResponse:
         try:
@@ -112,22 +168,36 @@ class Client:
             raise self._error(err) from None
 
     def write(self, req: feed_pb2.WriteRequest) -> feed_pb2.WriteResponse:
-        try:
-            resp: feed_pb2.WriteResponse = self._api().Write(req)
-            return resp
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        def call() -> feed_pb2.WriteResponse:
+            try:
+                resp: feed_pb2.WriteResponse = self._api().Write(req)
+                return resp
+            except grpc.RpcError as err:
+                raise self._error(err) from None
+
+        return self._retrying(req.dataset, call)
 
     def group_by(self, req: feed_pb2.GroupByRequest) -> Iterator[pa.RecordBatch]:
         """The groups the daemon assembled, one record batch each."""
+        # The first group shows whether the daemon still has the tables.
+        responses = self._retrying(req.dataset, lambda: self._group_by_call(req))
         try:
-            for resp in self._api().GroupBy(req):
+            for resp in responses:
                 yield pa.ipc.open_stream(pa.py_buffer(resp.arrow_ipc)).read_next_batch()
         except grpc.RpcError as err:
             raise self._error(err) from None
 
+    def _group_by_call(self, req: feed_pb2.GroupByRequest) -> Iterator[feed_pb2.GroupByResponse]:
+        """The GroupBy call with its first response received."""
+        try:
+            call = self._api().GroupBy(req)
+            first = next(call, None)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+        return itertools.chain([] if first is None else [first], call)
+
     def stream(self, open_req: feed_pb2.OpenStream, transport: Transport = "auto") -> BatchStream:
-        return BatchStream(self, open_req, transport)
+        return self._retrying(open_req.dataset, lambda: BatchStream(self, open_req, transport))
 
 
 _DONE = object()

@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow as pa
 
 from loaderd import _io, _udf
-from loaderd._client import TRANSPORTS, Client, Transport
+from loaderd._client import TRANSPORTS, BatchMeta, BatchStream, Client, Transport
 from loaderd._formats import BATCH_FORMATS, format_batch
 from loaderd._proto import feed_pb2
-from loaderd.errors import InvalidArgumentError
+from loaderd.errors import InvalidArgumentError, NotFoundError
 
 __all__ = [
     "Dataset",
@@ -455,7 +455,7 @@ class Shard:
                 "world size or mode changed"
             )
         self._cursor = self._state(req.epoch, req.start_sample, fp)
-        for rb, meta in stream:
+        for rb, meta in self._batches(stream, req, transport):
             # A batch handed out counts as consumed: a checkpoint taken
             # while the caller holds it resumes after it.
             self._cursor = self._state(req.epoch, meta.next_sample, fp)
@@ -473,6 +473,25 @@ class Shard:
             del rb
             yield out
             del out
+
+    def _batches(
+        self, stream: BatchStream, req: feed_pb2.OpenStream, transport: Transport
+    ) -> Iterator[tuple[pa.RecordBatch, BatchMeta]]:
+        """The stream's batches. A table of this dataset that the daemon
+        dropped mid-epoch (for room, or in a restart) is uploaded again and
+        the epoch continues at the cursor, as a resume would."""
+        retries = 0
+        while True:
+            try:
+                yield from stream
+                return
+            except NotFoundError:
+                retries += 1
+                if retries > 3 or not self.dataset._client.reupload(req.dataset):
+                    raise
+            assert self._cursor is not None
+            req.start_sample = self._cursor["next_sample"]
+            stream = self.dataset._client.stream(req, transport)
 
     def _state(self, epoch: int, next_sample: int, fingerprint: str) -> dict[str, Any]:
         return {

@@ -797,6 +797,7 @@ class StatusResponse(_message.Message):
     WRITES_FIELD_NUMBER: _builtins.int
     PLANS_FIELD_NUMBER: _builtins.int
     DECODER_FIELD_NUMBER: _builtins.int
+    UPLOADS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     uptime_seconds: _builtins.float
     @_builtins.property
@@ -823,6 +824,10 @@ class StatusResponse(_message.Message):
     def decoder(self) -> Global___DecoderStatus:
         """70-79: image decoding and GPUs (issue 9)."""
 
+    @_builtins.property
+    def uploads(self) -> Global___UploadsStatus:
+        """Tables uploaded by clients."""
+
     def __init__(
         self,
         *,
@@ -835,10 +840,11 @@ class StatusResponse(_message.Message):
         writes: _abc.Iterable[Global___WriteStatus] | None = ...,
         plans: _abc.Iterable[Global___PlanStatus] | None = ...,
         decoder: Global___DecoderStatus | None = ...,
+        uploads: Global___UploadsStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "decoder", b"decoder", "lookahead", b"lookahead", "memory", b"memory"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "decoder", b"decoder", "lookahead", b"lookahead", "memory", b"memory", "uploads", b"uploads"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "decoder", b"decoder", "lookahead", b"lookahead", "memory", b"memory", "plans", b"plans", "sessions", b"sessions", "uptime_seconds", b"uptime_seconds", "version", b"version", "writes", b"writes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "decoder", b"decoder", "lookahead", b"lookahead", "memory", b"memory", "plans", b"plans", "sessions", b"sessions", "uploads", b"uploads", "uptime_seconds", b"uptime_seconds", "version", b"version", "writes", b"writes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1449,3 +1455,117 @@ class GroupByResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GroupByResponse: _TypeAlias = GroupByResponse  # noqa: Y015
+
+@_typing.final
+class UploadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next bytes of the table, at most 4 MiB each."""
+    @_builtins.property
+    def header(self) -> Global___UploadHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___UploadHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___UploadRequest: _TypeAlias = UploadRequest  # noqa: Y015
+
+@_typing.final
+class UploadHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    """SHA-256 of the whole table's bytes, lowercase hex."""
+    size: _builtins.int
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadHeader: _TypeAlias = UploadHeader  # noqa: Y015
+
+@_typing.final
+class UploadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URI_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    EXISTED_FIELD_NUMBER: _builtins.int
+    uri: _builtins.str
+    """mem://<sha256>: use it as a Parquet dataset's URI."""
+    size: _builtins.int
+    existed: _builtins.bool
+    """The daemon held the table already: bytes sent after the header were not
+    needed (a client may send the header alone to ask).
+    """
+    def __init__(
+        self,
+        *,
+        uri: _builtins.str = ...,
+        size: _builtins.int = ...,
+        existed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["existed", b"existed", "size", b"size", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadResponse: _TypeAlias = UploadResponse  # noqa: Y015
+
+@_typing.final
+class UploadsStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUDGET_BYTES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    TABLES_FIELD_NUMBER: _builtins.int
+    UPLOADS_FIELD_NUMBER: _builtins.int
+    EVICTIONS_FIELD_NUMBER: _builtins.int
+    RESERVED_BYTES_FIELD_NUMBER: _builtins.int
+    budget_bytes: _builtins.int
+    bytes: _builtins.int
+    tables: _builtins.int
+    uploads: _builtins.int
+    """Uploads completed and tables dropped to make room, since the start."""
+    evictions: _builtins.int
+    reserved_bytes: _builtins.int
+    """Room held by uploads in progress."""
+    def __init__(
+        self,
+        *,
+        budget_bytes: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        tables: _builtins.int = ...,
+        uploads: _builtins.int = ...,
+        evictions: _builtins.int = ...,
+        reserved_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_bytes", b"budget_bytes", "bytes", b"bytes", "evictions", b"evictions", "reserved_bytes", b"reserved_bytes", "tables", b"tables", "uploads", b"uploads"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadsStatus: _TypeAlias = UploadsStatus  # noqa: Y015

@@ -69,6 +69,11 @@ class FeedStub:
                 request_serializer=feed__pb2.GroupByRequest.SerializeToString,
                 response_deserializer=feed__pb2.GroupByResponse.FromString,
                 _registered_method=True)
+        self.Upload = channel.stream_unary(
+                '/loaderd.feed.v1.Feed/Upload',
+                request_serializer=feed__pb2.UploadRequest.SerializeToString,
+                response_deserializer=feed__pb2.UploadResponse.FromString,
+                _registered_method=True)
 
 
 class FeedServicer:
@@ -130,6 +135,18 @@ class FeedServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Upload(self, request_iterator, context):
+        """Upload keeps a table the client made (from_items, from_pandas, ...) in
+        the daemon's memory as one Parquet file, named mem://<sha256 of the
+        bytes>, which datasets then read like any file. The first request is the
+        header, the others carry the bytes in order. Uploads share the daemon's
+        upload-bytes: the least recently used tables make room, and a dataset
+        whose table is gone gets NOT_FOUND (upload it again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeedServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -167,6 +184,11 @@ def add_FeedServicer_to_server(servicer, server):
                     servicer.GroupBy,
                     request_deserializer=feed__pb2.GroupByRequest.FromString,
                     response_serializer=feed__pb2.GroupByResponse.SerializeToString,
+            ),
+            'Upload': grpc.stream_unary_rpc_method_handler(
+                    servicer.Upload,
+                    request_deserializer=feed__pb2.UploadRequest.FromString,
+                    response_serializer=feed__pb2.UploadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -358,6 +380,33 @@ class Feed:
             '/loaderd.feed.v1.Feed/GroupBy',
             feed__pb2.GroupByRequest.SerializeToString,
             feed__pb2.GroupByResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Upload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/loaderd.feed.v1.Feed/Upload',
+            feed__pb2.UploadRequest.SerializeToString,
+            feed__pb2.UploadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,14 @@ class FeedStub:
     """GroupBy assembles the groups of one key column in the daemon and streams
     them: one batch of (key, count) rows, or one batch per group.
     """
+    Upload: _grpc.StreamUnaryMultiCallable[_feed_pb2.UploadRequest, _feed_pb2.UploadResponse]
+    """Upload keeps a table the client made (from_items, from_pandas, ...) in
+    the daemon's memory as one Parquet file, named mem://<sha256 of the
+    bytes>, which datasets then read like any file. The first request is the
+    header, the others carry the bytes in order. Uploads share the daemon's
+    upload-bytes: the least recently used tables make room, and a dataset
+    whose table is gone gets NOT_FOUND (upload it again).
+    """
 
 @_typing.type_check_only
 class FeedAsyncStub(FeedStub):
@@ -89,6 +97,14 @@ class FeedAsyncStub(FeedStub):
     GroupBy: _aio.UnaryStreamMultiCallable[_feed_pb2.GroupByRequest, _feed_pb2.GroupByResponse]  # type: ignore[assignment]
     """GroupBy assembles the groups of one key column in the daemon and streams
     them: one batch of (key, count) rows, or one batch per group.
+    """
+    Upload: _aio.StreamUnaryMultiCallable[_feed_pb2.UploadRequest, _feed_pb2.UploadResponse]  # type: ignore[assignment]
+    """Upload keeps a table the client made (from_items, from_pandas, ...) in
+    the daemon's memory as one Parquet file, named mem://<sha256 of the
+    bytes>, which datasets then read like any file. The first request is the
+    header, the others carry the bytes in order. Uploads share the daemon's
+    upload-bytes: the least recently used tables make room, and a dataset
+    whose table is gone gets NOT_FOUND (upload it again).
     """
 
 class FeedServicer(metaclass=_abc_1.ABCMeta):
@@ -157,6 +173,20 @@ class FeedServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_feed_pb2.GroupByResponse], _abc.AsyncIterator[_feed_pb2.GroupByResponse]]:
         """GroupBy assembles the groups of one key column in the daemon and streams
         them: one batch of (key, count) rows, or one batch per group.
+        """
+
+    @_abc_1.abstractmethod
+    def Upload(
+        self,
+        request_iterator: _MaybeAsyncIterator[_feed_pb2.UploadRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_feed_pb2.UploadResponse, _abc.Awaitable[_feed_pb2.UploadResponse]]:
+        """Upload keeps a table the client made (from_items, from_pandas, ...) in
+        the daemon's memory as one Parquet file, named mem://<sha256 of the
+        bytes>, which datasets then read like any file. The first request is the
+        header, the others carry the bytes in order. Uploads share the daemon's
+        upload-bytes: the least recently used tables make room, and a dataset
+        whose table is gone gets NOT_FOUND (upload it again).
         """
 
 def add_FeedServicer_to_server(servicer: FeedServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

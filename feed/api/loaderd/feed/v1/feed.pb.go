@@ -1693,7 +1693,9 @@ type StatusResponse struct {
 	// them across the nodes of a job.
 	Plans []*PlanStatus `protobuf:"bytes,60,rep,name=plans,proto3" json:"plans,omitempty"`
 	// 70-79: image decoding and GPUs (issue 9).
-	Decoder       *DecoderStatus `protobuf:"bytes,70,opt,name=decoder,proto3" json:"decoder,omitempty"`
+	Decoder *DecoderStatus `protobuf:"bytes,70,opt,name=decoder,proto3" json:"decoder,omitempty"`
+	// Tables uploaded by clients.
+	Uploads       *UploadsStatus `protobuf:"bytes,80,opt,name=uploads,proto3" json:"uploads,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1787,6 +1789,13 @@ func (x *StatusResponse) GetPlans() []*PlanStatus {
 func (x *StatusResponse) GetDecoder() *DecoderStatus {
 	if x != nil {
 		return x.Decoder
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetUploads() *UploadsStatus {
+	if x != nil {
+		return x.Uploads
 	}
 	return nil
 }
@@ -3154,6 +3163,291 @@ func (x *GroupByResponse) GetNumGroups() int64 {
 	return 0
 }
 
+type UploadRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Part:
+	//
+	//	*UploadRequest_Header
+	//	*UploadRequest_Chunk
+	Part          isUploadRequest_Part `protobuf_oneof:"part"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadRequest) Reset() {
+	*x = UploadRequest{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadRequest) ProtoMessage() {}
+
+func (x *UploadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadRequest.ProtoReflect.Descriptor instead.
+func (*UploadRequest) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *UploadRequest) GetPart() isUploadRequest_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *UploadRequest) GetHeader() *UploadHeader {
+	if x != nil {
+		if x, ok := x.Part.(*UploadRequest_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *UploadRequest) GetChunk() []byte {
+	if x != nil {
+		if x, ok := x.Part.(*UploadRequest_Chunk); ok {
+			return x.Chunk
+		}
+	}
+	return nil
+}
+
+type isUploadRequest_Part interface {
+	isUploadRequest_Part()
+}
+
+type UploadRequest_Header struct {
+	Header *UploadHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type UploadRequest_Chunk struct {
+	// The next bytes of the table, at most 4 MiB each.
+	Chunk []byte `protobuf:"bytes,2,opt,name=chunk,proto3,oneof"`
+}
+
+func (*UploadRequest_Header) isUploadRequest_Part() {}
+
+func (*UploadRequest_Chunk) isUploadRequest_Part() {}
+
+type UploadHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// SHA-256 of the whole table's bytes, lowercase hex.
+	Sha256        string `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Size          int64  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadHeader) Reset() {
+	*x = UploadHeader{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadHeader) ProtoMessage() {}
+
+func (x *UploadHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadHeader.ProtoReflect.Descriptor instead.
+func (*UploadHeader) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *UploadHeader) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *UploadHeader) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+type UploadResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// mem://<sha256>: use it as a Parquet dataset's URI.
+	Uri  string `protobuf:"bytes,1,opt,name=uri,proto3" json:"uri,omitempty"`
+	Size int64  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	// The daemon held the table already: bytes sent after the header were not
+	// needed (a client may send the header alone to ask).
+	Existed       bool `protobuf:"varint,3,opt,name=existed,proto3" json:"existed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadResponse) Reset() {
+	*x = UploadResponse{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadResponse) ProtoMessage() {}
+
+func (x *UploadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadResponse.ProtoReflect.Descriptor instead.
+func (*UploadResponse) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *UploadResponse) GetUri() string {
+	if x != nil {
+		return x.Uri
+	}
+	return ""
+}
+
+func (x *UploadResponse) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *UploadResponse) GetExisted() bool {
+	if x != nil {
+		return x.Existed
+	}
+	return false
+}
+
+type UploadsStatus struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	BudgetBytes int64                  `protobuf:"varint,1,opt,name=budget_bytes,json=budgetBytes,proto3" json:"budget_bytes,omitempty"`
+	Bytes       int64                  `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Tables      int64                  `protobuf:"varint,3,opt,name=tables,proto3" json:"tables,omitempty"`
+	// Uploads completed and tables dropped to make room, since the start.
+	Uploads   int64 `protobuf:"varint,4,opt,name=uploads,proto3" json:"uploads,omitempty"`
+	Evictions int64 `protobuf:"varint,5,opt,name=evictions,proto3" json:"evictions,omitempty"`
+	// Room held by uploads in progress.
+	ReservedBytes int64 `protobuf:"varint,6,opt,name=reserved_bytes,json=reservedBytes,proto3" json:"reserved_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadsStatus) Reset() {
+	*x = UploadsStatus{}
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadsStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadsStatus) ProtoMessage() {}
+
+func (x *UploadsStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_loaderd_feed_v1_feed_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadsStatus.ProtoReflect.Descriptor instead.
+func (*UploadsStatus) Descriptor() ([]byte, []int) {
+	return file_loaderd_feed_v1_feed_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *UploadsStatus) GetBudgetBytes() int64 {
+	if x != nil {
+		return x.BudgetBytes
+	}
+	return 0
+}
+
+func (x *UploadsStatus) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *UploadsStatus) GetTables() int64 {
+	if x != nil {
+		return x.Tables
+	}
+	return 0
+}
+
+func (x *UploadsStatus) GetUploads() int64 {
+	if x != nil {
+		return x.Uploads
+	}
+	return 0
+}
+
+func (x *UploadsStatus) GetEvictions() int64 {
+	if x != nil {
+		return x.Evictions
+	}
+	return 0
+}
+
+func (x *UploadsStatus) GetReservedBytes() int64 {
+	if x != nil {
+		return x.ReservedBytes
+	}
+	return 0
+}
+
 var File_loaderd_feed_v1_feed_proto protoreflect.FileDescriptor
 
 const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
@@ -3274,7 +3568,7 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\x04slot\x18\x01 \x01(\rR\x04slot\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x16\n" +
 	"\x06length\x18\x03 \x01(\x03R\x06length\"\x0f\n" +
-	"\rStatusRequest\"\xdb\x03\n" +
+	"\rStatusRequest\"\x95\x04\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
 	"\x0euptime_seconds\x18\x02 \x01(\x01R\ruptimeSeconds\x12:\n" +
@@ -3284,7 +3578,8 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\tlookahead\x18\x16 \x01(\v2 .loaderd.feed.v1.LookaheadStatusR\tlookahead\x124\n" +
 	"\x06writes\x18( \x03(\v2\x1c.loaderd.feed.v1.WriteStatusR\x06writes\x121\n" +
 	"\x05plans\x18< \x03(\v2\x1b.loaderd.feed.v1.PlanStatusR\x05plans\x128\n" +
-	"\adecoder\x18F \x01(\v2\x1e.loaderd.feed.v1.DecoderStatusR\adecoder\"\xdf\x01\n" +
+	"\adecoder\x18F \x01(\v2\x1e.loaderd.feed.v1.DecoderStatusR\adecoder\x128\n" +
+	"\auploads\x18P \x01(\v2\x1e.loaderd.feed.v1.UploadsStatusR\auploads\"\xdf\x01\n" +
 	"\rDecoderStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06choice\x18\x02 \x01(\tR\x06choice\x12%\n" +
@@ -3410,7 +3705,25 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\tarrow_ipc\x18\x01 \x01(\fR\barrowIpc\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\x03R\x05group\x12\x1d\n" +
 	"\n" +
-	"num_groups\x18\x03 \x01(\x03R\tnumGroups*J\n" +
+	"num_groups\x18\x03 \x01(\x03R\tnumGroups\"h\n" +
+	"\rUploadRequest\x127\n" +
+	"\x06header\x18\x01 \x01(\v2\x1d.loaderd.feed.v1.UploadHeaderH\x00R\x06header\x12\x16\n" +
+	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x06\n" +
+	"\x04part\":\n" +
+	"\fUploadHeader\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\"P\n" +
+	"\x0eUploadResponse\x12\x10\n" +
+	"\x03uri\x18\x01 \x01(\tR\x03uri\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x18\n" +
+	"\aexisted\x18\x03 \x01(\bR\aexisted\"\xbf\x01\n" +
+	"\rUploadsStatus\x12!\n" +
+	"\fbudget_bytes\x18\x01 \x01(\x03R\vbudgetBytes\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x16\n" +
+	"\x06tables\x18\x03 \x01(\x03R\x06tables\x12\x18\n" +
+	"\auploads\x18\x04 \x01(\x03R\auploads\x12\x1c\n" +
+	"\tevictions\x18\x05 \x01(\x03R\tevictions\x12%\n" +
+	"\x0ereserved_bytes\x18\x06 \x01(\x03R\rreservedBytes*J\n" +
 	"\aOnError\x12\x18\n" +
 	"\x14ON_ERROR_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eON_ERROR_RAISE\x10\x01\x12\x11\n" +
@@ -3422,7 +3735,7 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\tTransport\x12\x19\n" +
 	"\x15TRANSPORT_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eTRANSPORT_GRPC\x10\x01\x12\x11\n" +
-	"\rTRANSPORT_SHM\x10\x022\x9c\x04\n" +
+	"\rTRANSPORT_SHM\x10\x022\xe9\x04\n" +
 	"\x04Feed\x12O\n" +
 	"\bDescribe\x12 .loaderd.feed.v1.DescribeRequest\x1a!.loaderd.feed.v1.DescribeResponse\x12M\n" +
 	"\x06Stream\x12\x1e.loaderd.feed.v1.StreamRequest\x1a\x1f.loaderd.feed.v1.StreamResponse(\x010\x01\x12I\n" +
@@ -3430,7 +3743,8 @@ const file_loaderd_feed_v1_feed_proto_rawDesc = "" +
 	"\aVersion\x12\x1f.loaderd.feed.v1.VersionRequest\x1a .loaderd.feed.v1.VersionResponse\x12C\n" +
 	"\x04Plan\x12\x1c.loaderd.feed.v1.PlanRequest\x1a\x1d.loaderd.feed.v1.PlanResponse\x12F\n" +
 	"\x05Write\x12\x1d.loaderd.feed.v1.WriteRequest\x1a\x1e.loaderd.feed.v1.WriteResponse\x12N\n" +
-	"\aGroupBy\x12\x1f.loaderd.feed.v1.GroupByRequest\x1a .loaderd.feed.v1.GroupByResponse0\x01B<Z:github.com/loaderd/loaderd/feed/api/loaderd/feed/v1;feedv1b\x06proto3"
+	"\aGroupBy\x12\x1f.loaderd.feed.v1.GroupByRequest\x1a .loaderd.feed.v1.GroupByResponse0\x01\x12K\n" +
+	"\x06Upload\x12\x1e.loaderd.feed.v1.UploadRequest\x1a\x1f.loaderd.feed.v1.UploadResponse(\x01B<Z:github.com/loaderd/loaderd/feed/api/loaderd/feed/v1;feedv1b\x06proto3"
 
 var (
 	file_loaderd_feed_v1_feed_proto_rawDescOnce sync.Once
@@ -3445,7 +3759,7 @@ func file_loaderd_feed_v1_feed_proto_rawDescGZIP() []byte {
 }
 
 var file_loaderd_feed_v1_feed_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_loaderd_feed_v1_feed_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_loaderd_feed_v1_feed_proto_goTypes = []any{
 	(OnError)(0),                      // 0: loaderd.feed.v1.OnError
 	(ShardMode)(0),                    // 1: loaderd.feed.v1.ShardMode
@@ -3487,12 +3801,16 @@ var file_loaderd_feed_v1_feed_proto_goTypes = []any{
 	(*WriteStatus)(nil),               // 37: loaderd.feed.v1.WriteStatus
 	(*GroupByRequest)(nil),            // 38: loaderd.feed.v1.GroupByRequest
 	(*GroupByResponse)(nil),           // 39: loaderd.feed.v1.GroupByResponse
-	nil,                               // 40: loaderd.feed.v1.DatasetSpec.OptionsEntry
+	(*UploadRequest)(nil),             // 40: loaderd.feed.v1.UploadRequest
+	(*UploadHeader)(nil),              // 41: loaderd.feed.v1.UploadHeader
+	(*UploadResponse)(nil),            // 42: loaderd.feed.v1.UploadResponse
+	(*UploadsStatus)(nil),             // 43: loaderd.feed.v1.UploadsStatus
+	nil,                               // 44: loaderd.feed.v1.DatasetSpec.OptionsEntry
 }
 var file_loaderd_feed_v1_feed_proto_depIdxs = []int32{
 	11, // 0: loaderd.feed.v1.DatasetSpec.shuffle:type_name -> loaderd.feed.v1.Shuffle
 	0,  // 1: loaderd.feed.v1.DatasetSpec.on_error:type_name -> loaderd.feed.v1.OnError
-	40, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
+	44, // 2: loaderd.feed.v1.DatasetSpec.options:type_name -> loaderd.feed.v1.DatasetSpec.OptionsEntry
 	4,  // 3: loaderd.feed.v1.DatasetSpec.image:type_name -> loaderd.feed.v1.ImageDecode
 	5,  // 4: loaderd.feed.v1.ImageDecode.transforms:type_name -> loaderd.feed.v1.ImageTransform
 	6,  // 5: loaderd.feed.v1.ImageTransform.random_resized_crop:type_name -> loaderd.feed.v1.ImageRandomResizedCrop
@@ -3518,30 +3836,34 @@ var file_loaderd_feed_v1_feed_proto_depIdxs = []int32{
 	37, // 25: loaderd.feed.v1.StatusResponse.writes:type_name -> loaderd.feed.v1.WriteStatus
 	29, // 26: loaderd.feed.v1.StatusResponse.plans:type_name -> loaderd.feed.v1.PlanStatus
 	24, // 27: loaderd.feed.v1.StatusResponse.decoder:type_name -> loaderd.feed.v1.DecoderStatus
-	25, // 28: loaderd.feed.v1.DecoderStatus.gpus:type_name -> loaderd.feed.v1.GpuStatus
-	2,  // 29: loaderd.feed.v1.SessionStatus.transport:type_name -> loaderd.feed.v1.Transport
-	15, // 30: loaderd.feed.v1.PlanRequest.open:type_name -> loaderd.feed.v1.OpenStream
-	3,  // 31: loaderd.feed.v1.WriteRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
-	3,  // 32: loaderd.feed.v1.GroupByRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
-	12, // 33: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
-	14, // 34: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
-	22, // 35: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
-	31, // 36: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
-	33, // 37: loaderd.feed.v1.Feed.Plan:input_type -> loaderd.feed.v1.PlanRequest
-	35, // 38: loaderd.feed.v1.Feed.Write:input_type -> loaderd.feed.v1.WriteRequest
-	38, // 39: loaderd.feed.v1.Feed.GroupBy:input_type -> loaderd.feed.v1.GroupByRequest
-	13, // 40: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
-	17, // 41: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
-	23, // 42: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
-	32, // 43: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
-	34, // 44: loaderd.feed.v1.Feed.Plan:output_type -> loaderd.feed.v1.PlanResponse
-	36, // 45: loaderd.feed.v1.Feed.Write:output_type -> loaderd.feed.v1.WriteResponse
-	39, // 46: loaderd.feed.v1.Feed.GroupBy:output_type -> loaderd.feed.v1.GroupByResponse
-	40, // [40:47] is the sub-list for method output_type
-	33, // [33:40] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	43, // 28: loaderd.feed.v1.StatusResponse.uploads:type_name -> loaderd.feed.v1.UploadsStatus
+	25, // 29: loaderd.feed.v1.DecoderStatus.gpus:type_name -> loaderd.feed.v1.GpuStatus
+	2,  // 30: loaderd.feed.v1.SessionStatus.transport:type_name -> loaderd.feed.v1.Transport
+	15, // 31: loaderd.feed.v1.PlanRequest.open:type_name -> loaderd.feed.v1.OpenStream
+	3,  // 32: loaderd.feed.v1.WriteRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
+	3,  // 33: loaderd.feed.v1.GroupByRequest.dataset:type_name -> loaderd.feed.v1.DatasetSpec
+	41, // 34: loaderd.feed.v1.UploadRequest.header:type_name -> loaderd.feed.v1.UploadHeader
+	12, // 35: loaderd.feed.v1.Feed.Describe:input_type -> loaderd.feed.v1.DescribeRequest
+	14, // 36: loaderd.feed.v1.Feed.Stream:input_type -> loaderd.feed.v1.StreamRequest
+	22, // 37: loaderd.feed.v1.Feed.Status:input_type -> loaderd.feed.v1.StatusRequest
+	31, // 38: loaderd.feed.v1.Feed.Version:input_type -> loaderd.feed.v1.VersionRequest
+	33, // 39: loaderd.feed.v1.Feed.Plan:input_type -> loaderd.feed.v1.PlanRequest
+	35, // 40: loaderd.feed.v1.Feed.Write:input_type -> loaderd.feed.v1.WriteRequest
+	38, // 41: loaderd.feed.v1.Feed.GroupBy:input_type -> loaderd.feed.v1.GroupByRequest
+	40, // 42: loaderd.feed.v1.Feed.Upload:input_type -> loaderd.feed.v1.UploadRequest
+	13, // 43: loaderd.feed.v1.Feed.Describe:output_type -> loaderd.feed.v1.DescribeResponse
+	17, // 44: loaderd.feed.v1.Feed.Stream:output_type -> loaderd.feed.v1.StreamResponse
+	23, // 45: loaderd.feed.v1.Feed.Status:output_type -> loaderd.feed.v1.StatusResponse
+	32, // 46: loaderd.feed.v1.Feed.Version:output_type -> loaderd.feed.v1.VersionResponse
+	34, // 47: loaderd.feed.v1.Feed.Plan:output_type -> loaderd.feed.v1.PlanResponse
+	36, // 48: loaderd.feed.v1.Feed.Write:output_type -> loaderd.feed.v1.WriteResponse
+	39, // 49: loaderd.feed.v1.Feed.GroupBy:output_type -> loaderd.feed.v1.GroupByResponse
+	42, // 50: loaderd.feed.v1.Feed.Upload:output_type -> loaderd.feed.v1.UploadResponse
+	43, // [43:51] is the sub-list for method output_type
+	35, // [35:43] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_loaderd_feed_v1_feed_proto_init() }
@@ -3564,13 +3886,17 @@ func file_loaderd_feed_v1_feed_proto_init() {
 		(*StreamResponse_Header)(nil),
 		(*StreamResponse_Batch)(nil),
 	}
+	file_loaderd_feed_v1_feed_proto_msgTypes[37].OneofWrappers = []any{
+		(*UploadRequest_Header)(nil),
+		(*UploadRequest_Chunk)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loaderd_feed_v1_feed_proto_rawDesc), len(file_loaderd_feed_v1_feed_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   38,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,6 +32,7 @@ const (
 	Feed_Plan_FullMethodName     = "/loaderd.feed.v1.Feed/Plan"
 	Feed_Write_FullMethodName    = "/loaderd.feed.v1.Feed/Write"
 	Feed_GroupBy_FullMethodName  = "/loaderd.feed.v1.Feed/GroupBy"
+	Feed_Upload_FullMethodName   = "/loaderd.feed.v1.Feed/Upload"
 )
 
 // FeedClient is the client API for Feed service.
@@ -59,6 +60,13 @@ type FeedClient interface {
 	// GroupBy assembles the groups of one key column in the daemon and streams
 	// them: one batch of (key, count) rows, or one batch per group.
 	GroupBy(ctx context.Context, in *GroupByRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GroupByResponse], error)
+	// Upload keeps a table the client made (from_items, from_pandas, ...) in
+	// the daemon's memory as one Parquet file, named mem://<sha256 of the
+	// bytes>, which datasets then read like any file. The first request is the
+	// header, the others carry the bytes in order. Uploads share the daemon's
+	// upload-bytes: the least recently used tables make room, and a dataset
+	// whose table is gone gets NOT_FOUND (upload it again).
+	Upload(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[UploadRequest, UploadResponse], error)
 }
 
 type feedClient struct {
@@ -151,6 +159,19 @@ func (c *feedClient) GroupBy(ctx context.Context, in *GroupByRequest, opts ...gr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Feed_GroupByClient = grpc.ServerStreamingClient[GroupByResponse]
 
+func (c *feedClient) Upload(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[UploadRequest, UploadResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Feed_ServiceDesc.Streams[2], Feed_Upload_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[UploadRequest, UploadResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Feed_UploadClient = grpc.ClientStreamingClient[UploadRequest, UploadResponse]
+
 // FeedServer is the server API for Feed service.
 // All implementations must embed UnimplementedFeedServer
 // for forward compatibility.
@@ -176,6 +197,13 @@ type FeedServer interface {
 	// GroupBy assembles the groups of one key column in the daemon and streams
 	// them: one batch of (key, count) rows, or one batch per group.
 	GroupBy(*GroupByRequest, grpc.ServerStreamingServer[GroupByResponse]) error
+	// Upload keeps a table the client made (from_items, from_pandas, ...) in
+	// the daemon's memory as one Parquet file, named mem://<sha256 of the
+	// bytes>, which datasets then read like any file. The first request is the
+	// header, the others carry the bytes in order. Uploads share the daemon's
+	// upload-bytes: the least recently used tables make room, and a dataset
+	// whose table is gone gets NOT_FOUND (upload it again).
+	Upload(grpc.ClientStreamingServer[UploadRequest, UploadResponse]) error
 	mustEmbedUnimplementedFeedServer()
 }
 
@@ -206,6 +234,9 @@ func (UnimplementedFeedServer) Write(context.Context, *WriteRequest) (*WriteResp
 }
 func (UnimplementedFeedServer) GroupBy(*GroupByRequest, grpc.ServerStreamingServer[GroupByResponse]) error {
 	return status.Error(codes.Unimplemented, "method GroupBy not implemented")
+}
+func (UnimplementedFeedServer) Upload(grpc.ClientStreamingServer[UploadRequest, UploadResponse]) error {
+	return status.Error(codes.Unimplemented, "method Upload not implemented")
 }
 func (UnimplementedFeedServer) mustEmbedUnimplementedFeedServer() {}
 func (UnimplementedFeedServer) testEmbeddedByValue()              {}
@@ -336,6 +367,13 @@ func _Feed_GroupBy_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Feed_GroupByServer = grpc.ServerStreamingServer[GroupByResponse]
 
+func _Feed_Upload_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(FeedServer).Upload(&grpc.GenericServerStream[UploadRequest, UploadResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Feed_UploadServer = grpc.ClientStreamingServer[UploadRequest, UploadResponse]
+
 // Feed_ServiceDesc is the grpc.ServiceDesc for Feed service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -375,6 +413,11 @@ var Feed_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "GroupBy",
 			Handler:       _Feed_GroupBy_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Upload",
+			Handler:       _Feed_Upload_Handler,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "loaderd/feed/v1/feed.proto",

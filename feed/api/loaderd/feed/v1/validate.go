@@ -190,3 +190,28 @@ func (r *GroupByRequest) Validate() error {
 	}
 	return nil
 }
+
+// MaxUploadChunk bounds one chunk of an upload.
+const MaxUploadChunk = 4 << 20
+
+// Validate implements the validator interceptor's interface (run on every
+// message of the Upload stream).
+func (r *UploadRequest) Validate() error {
+	switch p := r.GetPart().(type) {
+	case *UploadRequest_Header:
+		if p.Header.GetSize() < 1 {
+			return fmt.Errorf("upload header: size %d, want a positive size", p.Header.GetSize())
+		}
+		if len(p.Header.GetSha256()) != 64 {
+			return errors.New("upload header: sha256 must be 64 hex digits")
+		}
+		return nil
+	case *UploadRequest_Chunk:
+		if n := len(p.Chunk); n == 0 || n > MaxUploadChunk {
+			return fmt.Errorf("upload chunk of %d bytes, want 1..%d", n, MaxUploadChunk)
+		}
+		return nil
+	default:
+		return errors.New("upload request is empty")
+	}
+}
