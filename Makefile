@@ -31,7 +31,7 @@ export CGO_LDFLAGS := -g -L$(CUDA_HOME)/lib64
 endif
 # Fuzz targets run briefly by `make test` (test-fuzz): package:target.
 FUZZ_TARGETS := cmd/loaderd:FuzzLoadConfig decode:FuzzParseHeader decode:FuzzDecode shard:FuzzTarIndex \
-                shard:FuzzCSV shard:FuzzJSONLines shard:FuzzNumPy shard:FuzzNumPyZip
+                shard:FuzzCSV shard:FuzzJSONLines shard:FuzzNumPy shard:FuzzNumPyZip shard:FuzzParquet
 FUZZTIME     ?= 10s
 
 .PHONY: all build demo test test-go check-nvjpeg test-gpu test-py test-fuzz test-deploy protos protos-check lint bench venv deps clean

@@ -75,3 +75,9 @@ func FuzzNumPy(f *testing.F) {
 func FuzzNumPyZip(f *testing.F) {
 	fuzzFormat(f, NumPy{}, "fuzz.npz", "npy/npyio-testdata/*.npz")
 }
+
+// FuzzParquet: clients can upload any bytes as a Parquet table (from_items,
+// from_pandas), so the Parquet reader sees outside input over the socket too.
+func FuzzParquet(f *testing.F) {
+	fuzzFormat(f, Parquet{}, "mem://fuzz", "parquet/valid/*.parquet", "parquet/bad_data/*.parquet")
+}
