@@ -19,6 +19,7 @@ type collector struct {
 	memBudget, memInUse, memIdle, memCharged, memReserved   *prometheus.Desc
 	memWait, memFresh, memReused, memDataLimit              *prometheus.Desc
 	laWaiting, laPrepared, laClaimed, laExpired, laRefused  *prometheus.Desc
+	upBytes, upBudget, upTables, upUploads, upEvictions     *prometheus.Desc
 }
 
 // Collector returns a Prometheus collector of the server's sessions, cache,
@@ -61,6 +62,11 @@ func (s *Server) Collector() prometheus.Collector {
 		laClaimed:        d("lookahead_claimed_total", "Prepared epochs handed to their sessions."),
 		laExpired:        d("lookahead_expired_total", "Prepared epochs closed unclaimed."),
 		laRefused:        d("lookahead_refused_total", "Next epochs not prepared because too many were waiting."),
+		upBytes:          d("upload_bytes", "Bytes of the tables clients uploaded that the daemon holds."),
+		upBudget:         d("upload_budget_bytes", "Room for uploaded tables (--upload-bytes)."),
+		upTables:         d("upload_tables", "Uploaded tables held."),
+		upUploads:        d("uploads_total", "Tables uploaded."),
+		upEvictions:      d("upload_evictions_total", "Uploaded tables dropped to make room for newer ones."),
 	}
 }
 
@@ -73,6 +79,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.memBudget, c.memDataLimit, c.memInUse, c.memIdle, c.memCharged, c.memReserved,
 		c.memWait, c.memFresh, c.memReused,
 		c.laWaiting, c.laPrepared, c.laClaimed, c.laExpired, c.laRefused,
+		c.upBytes, c.upBudget, c.upTables, c.upUploads, c.upEvictions,
 	} {
 		ch <- d
 	}
@@ -128,4 +135,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.laClaimed, float64(la.Claimed))
 	counter(c.laExpired, float64(la.Expired))
 	counter(c.laRefused, float64(la.Refused))
+	if u := s.uploads; u != nil {
+		st := u.Stats()
+		gauge(c.upBytes, float64(st.Bytes))
+		gauge(c.upBudget, float64(st.Budget))
+		gauge(c.upTables, float64(st.Tables))
+		counter(c.upUploads, float64(st.Uploads))
+		counter(c.upEvictions, float64(st.Evictions))
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/loaderd/loaderd/prefetch"
 	"github.com/loaderd/loaderd/shard"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -93,6 +94,22 @@ func TestUploadThenShard(t *testing.T) {
 	rep, err := c.Status(ctx)
 	if err != nil || rep.Uploads == nil || rep.Uploads.Tables != 1 {
 		t.Fatalf("status uploads: %+v, %v", rep.Uploads, err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(srv.Collector())
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			got[f.GetName()] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+	}
+	if got["loaderd_upload_tables"] != 1 || got["loaderd_uploads_total"] != 1 || got["loaderd_upload_bytes"] != float64(len(table)) {
+		t.Fatalf("upload metrics: tables %v, uploads %v, bytes %v", got["loaderd_upload_tables"],
+			got["loaderd_uploads_total"], got["loaderd_upload_bytes"])
 	}
 }
 
