@@ -430,7 +430,7 @@ func (c *Client) Status(ctx context.Context) (StatusReport, error) {
 	}
 	if u := resp.GetUploads(); u != nil {
 		r.Uploads = &shard.MemStats{Budget: u.GetBudgetBytes(), Bytes: u.GetBytes(), Tables: int(u.GetTables()),
-			Uploads: u.GetUploads(), Evictions: u.GetEvictions(), ReservedForInProgress: u.GetReservedBytes()}
+			Uploads: u.GetUploads(), Evictions: u.GetEvictions(), Reserved: u.GetReservedBytes()}
 	}
 	return r, nil
 }

@@ -19,11 +19,11 @@ func (v *service) Upload(stream feedv1.Feed_UploadServer) error {
 			"Parquet file under a data root and read that", shard.ErrUnsupported)
 	}
 	first, err := stream.Recv()
-	if err != nil {
+	if err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
 	h := first.GetHeader()
-	if h == nil {
+	if err != nil || h == nil {
 		return shard.Invalidf("an upload starts with its header")
 	}
 	if store.Has(h.GetSha256()) {
@@ -66,5 +66,5 @@ func uploadsStatus(store *shard.MemStore) *feedv1.UploadsStatus {
 	}
 	st := store.Stats()
 	return &feedv1.UploadsStatus{BudgetBytes: st.Budget, Bytes: st.Bytes, Tables: int64(st.Tables),
-		Uploads: st.Uploads, Evictions: st.Evictions, ReservedBytes: st.ReservedForInProgress}
+		Uploads: st.Uploads, Evictions: st.Evictions, ReservedBytes: st.Reserved}
 }

@@ -56,10 +56,10 @@ func MemURI(digest string) string { return MemScheme + "://" + digest }
 
 // MemStats is what a MemStore holds.
 type MemStats struct {
-	Budget, Bytes         int64
-	Tables                int
-	Uploads, Evictions    int64
-	ReservedForInProgress int64
+	Budget, Bytes      int64 // Bytes: the tables held
+	Tables             int
+	Uploads, Evictions int64
+	Reserved           int64 // held by uploads in progress
 }
 
 // Stats reports the store's contents.
@@ -71,7 +71,7 @@ func (s *MemStore) Stats() MemStats {
 		held += int64(len(t.data))
 	}
 	return MemStats{Budget: s.budget, Bytes: held, Tables: len(s.tables), Uploads: s.uploads,
-		Evictions: s.evictions, ReservedForInProgress: s.used - held}
+		Evictions: s.evictions, Reserved: s.used - held}
 }
 
 // checkDigest accepts a SHA-256 in lowercase hex.

@@ -196,7 +196,7 @@ func TestMemStoreSameTableTwice(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if st := s.Stats(); st.Tables != 1 || st.Bytes != int64(len(data)) || st.ReservedForInProgress != 0 || charged != int64(len(data)) {
+	if st := s.Stats(); st.Tables != 1 || st.Bytes != int64(len(data)) || st.Reserved != 0 || charged != int64(len(data)) {
 		t.Fatalf("stats %+v, charged %d", st, charged)
 	}
 }
