@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -420,14 +421,7 @@ class Shard:
         on the fast path: past that the daemon waits, then sends the next
         batches over gRPC until you release one.
         """
-        if batch_size < 1:
-            raise InvalidArgumentError(f"batch_size must be positive, got {batch_size}")
-        if epoch < 0:
-            raise InvalidArgumentError(f"epoch must not be negative, got {epoch}")
-        if batch_format not in BATCH_FORMATS:
-            raise InvalidArgumentError(f"batch_format must be one of {BATCH_FORMATS}, got {batch_format!r}")
-        if transport not in TRANSPORTS:
-            raise InvalidArgumentError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+        _check_iter_args(batch_size, epoch, batch_format, transport)
         req = self._open(epoch, batch_size, drop_last)
         resume, self._resume = self._resume, None
         if resume is not None and resume["epoch"] == epoch:
@@ -533,37 +527,89 @@ class Shard:
         Tensors are views of the batch's Arrow buffers (shared memory on the
         daemon's host): no copy, and read-only — modify a batch only after
         ``.clone()``. ``dtypes={"x": torch.float32}`` casts (a copy);
-        ``pin_memory=True`` copies into pinned memory for fast transfers;
-        ``device="cuda"`` moves the tensors (non-blocking when pinned).
-        Columns torch cannot hold (strings, binary) stay NumPy arrays.
+        ``pin_memory=True`` copies into pinned memory for fast transfers
+        (without CUDA it warns and leaves the tensors unpinned, as torch's
+        DataLoader does); ``device="cuda"`` moves the tensors (non-blocking
+        when pinned). Columns torch cannot hold (strings, binary) stay NumPy
+        arrays.
         """
         import torch
 
         if pin_memory and not torch.cuda.is_available():
-            raise InvalidArgumentError("pin_memory=True needs CUDA, which this torch build cannot use")
-        for batch in self.iter_batches(
+            warnings.warn(
+                "loaderd: pin_memory=True but torch finds no CUDA device: the tensors are not pinned",
+                stacklevel=2,
+            )
+            pin_memory = False
+        batches = self.iter_batches(
             batch_size, epoch=epoch, batch_format="torch", drop_last=drop_last, transport=transport
-        ):
-            for name, t in batch.items():
-                if not isinstance(t, torch.Tensor):
-                    continue
-                if dtypes and name in dtypes:
-                    t = t.to(dtypes[name])
-                if pin_memory:
-                    t = t.pin_memory()
-                if device is not None:
-                    t = t.to(device, non_blocking=pin_memory)
-                batch[name] = t
-            yield batch
+        )
+        return _torch_batches(batches, device, dtypes or {}, pin_memory)
 
     def to_torch(self, batch_size: int = 256, **kwargs: Any) -> Any:
         """A ``torch.utils.data.IterableDataset`` over this shard's batches
         (:meth:`iter_torch_batches` arguments), for ``DataLoader(ds,
-        batch_size=None)``: batching and shuffling happen in the daemon, so
-        keep ``num_workers=0``. Call ``set_epoch(e)`` before each epoch."""
+        batch_size=None)``. Batching, shuffling and decoding happen in the
+        daemon: keep ``num_workers=0``. With more workers each would read the
+        whole shard (every sample once per worker), so that raises
+        :class:`InvalidArgumentError`; one worker works, but its cursor stays
+        in the worker process, so :meth:`state_dict` needs ``num_workers=0``.
+        Call ``set_epoch(e)`` before each epoch; ``state_dict`` and
+        ``load_state_dict`` are the shard's."""
         from loaderd._torch import ShardIterable
 
         return ShardIterable(self, batch_size, kwargs)
+
+    def to_tf(
+        self,
+        batch_size: int = 256,
+        *,
+        epoch: int = 0,
+        drop_last: bool = False,
+        transport: Transport = "auto",
+    ) -> Any:
+        """This rank's batches of ``epoch`` as a ``tf.data.Dataset`` of dicts
+        of tensors, made with ``tf.data.Dataset.from_generator`` over
+        :meth:`iter_batches` (NumPy batches; TensorFlow copies each). The
+        element spec comes from the dataset's schema: numbers and booleans,
+        fixed-size lists and tensors (extra dimensions), strings and binary
+        (``tf.string``). Each iteration of the result reads the epoch again
+        from the daemon (a loaded :meth:`state_dict` applies to the first);
+        make one per epoch. Needs ``pip install tensorflow``."""
+        from loaderd import _tf
+
+        _check_iter_args(batch_size, epoch, "numpy", transport)
+        return _tf.dataset(self, batch_size, epoch, drop_last, transport)
+
+
+def _check_iter_args(batch_size: int, epoch: int, batch_format: str, transport: str) -> None:
+    if batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be positive, got {batch_size}")
+    if epoch < 0:
+        raise InvalidArgumentError(f"epoch must not be negative, got {epoch}")
+    if batch_format not in BATCH_FORMATS:
+        raise InvalidArgumentError(f"batch_format must be one of {BATCH_FORMATS}, got {batch_format!r}")
+    if transport not in TRANSPORTS:
+        raise InvalidArgumentError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+
+
+def _torch_batches(
+    batches: Iterator[dict[str, Any]], device: Any, dtypes: dict[str, Any], pin_memory: bool
+) -> Iterator[dict[str, Any]]:
+    import torch
+
+    for batch in batches:
+        for name, t in batch.items():
+            if not isinstance(t, torch.Tensor):
+                continue
+            if name in dtypes:
+                t = t.to(dtypes[name])
+            if pin_memory:
+                t = t.pin_memory()
+            if device is not None:
+                t = t.to(device, non_blocking=pin_memory)
+            batch[name] = t
+        yield batch
 
 
 def read_parquet(
