@@ -590,9 +590,11 @@ class Shard:
         :meth:`iter_batches` (NumPy batches; TensorFlow copies each). The
         element spec comes from the dataset's schema: numbers and booleans,
         fixed-size lists and tensors (extra dimensions), strings and binary
-        (``tf.string``). Each iteration of the result reads the epoch again
-        from the daemon (a loaded :meth:`state_dict` applies to the first);
-        make one per epoch. Needs ``pip install tensorflow``."""
+        (``tf.string``); with :meth:`Dataset.map_batches` and the like, from
+        the first batch of the dataset through them. Each iteration of the
+        result reads the epoch again from the daemon (a loaded
+        :meth:`state_dict` applies to the first); make one per epoch. Needs
+        ``pip install tensorflow``."""
         from loaderd import _tf
 
         _check_iter_args(batch_size, epoch, "numpy", transport)
