@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -149,13 +150,54 @@ def test_torch_batches(binary: str, small: Path, transport: str) -> None:
         seen = []
         for b in shard.iter_torch_batches(batch_size=4096, transport=transport, dtypes={"x": torch.float64}):
             assert b["id"].dtype == torch.int64 and b["x"].dtype == torch.float64
+            assert b["id"].shape == (len(b["id"]),) and b["x"].shape == b["id"].shape
             assert b["v"].shape == (len(b["id"]), 2) and b["v"].dtype == torch.int64
             assert torch.equal(b["v"][:, 0], b["id"]) and torch.equal(b["x"], b["id"].double())
-            if transport == "shm":
-                # Zero copy: the tensor's memory is the daemon's ring.
-                assert in_ring(b["id"].data_ptr())
+            # Zero copy over shared memory: the tensors' memory is the
+            # daemon's ring; the cast column is a copy, in this process's heap.
+            assert in_ring(b["id"].data_ptr()) == in_ring(b["v"].data_ptr()) == (transport == "shm")
+            assert not in_ring(b["x"].data_ptr())
             seen.append(b["id"])
+        assert len(seen) == -(-ROWS // 4096)
         assert torch.equal(torch.sort(torch.cat(seen)).values, torch.arange(ROWS))
+
+
+def test_torch_tensors_are_the_arrow_buffers(binary: str, small: Path) -> None:
+    """The tensors of a batch lie exactly where its Arrow columns do."""
+    from loaderd._formats import format_batch
+
+    from .conftest import address_of
+
+    with Daemon(
+        [str(small)], binary=binary, extra_args=["--log-level", "warn", "--shm-min-batch-bytes", "0"]
+    ) as dm:
+        ds = loaderd.read_parquet(str(small / "*.parquet"), socket=dm.socket)
+        for table in ds.iter_batches(batch_size=5000, batch_format="pyarrow", transport="shm"):
+            (rb,) = table.to_batches()
+            t = format_batch(rb, "torch")
+            assert t["id"].data_ptr() == address_of(table["id"])
+            assert t["v"].data_ptr() == address_of(table["v"].chunk(0).flatten())
+            assert in_ring(t["id"].data_ptr())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback without CUDA")
+def test_pin_memory_without_cuda_warns_once_and_does_not_copy(binary: str, small: Path) -> None:
+    with Daemon(
+        [str(small)], binary=binary, extra_args=["--log-level", "warn", "--shm-min-batch-bytes", "0"]
+    ) as dm:
+        shard = loaderd.read_parquet(str(small / "*.parquet"), socket=dm.socket).shard(0, 1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            batches = shard.iter_torch_batches(batch_size=4096, pin_memory=True, transport="shm")
+            assert [str(w.message) for w in caught] == [
+                "loaderd: pin_memory=True but torch finds no CUDA device: the tensors are not pinned"
+            ]
+            assert caught[0].filename == __file__  # it points at the caller
+            n = 0
+            for b in batches:
+                assert not b["id"].is_pinned() and in_ring(b["id"].data_ptr())
+                n += len(b["id"])
+            assert n == ROWS and len(caught) == 1
 
 
 def test_dataloader_over_a_shard(binary: str, small: Path) -> None:
@@ -170,6 +212,23 @@ def test_dataloader_over_a_shard(binary: str, small: Path) -> None:
         for ids in epochs:
             assert torch.equal(torch.sort(ids).values, torch.arange(ROWS))
         assert not torch.equal(epochs[0], epochs[1])  # each epoch its own shuffle
+
+
+def test_dataloader_workers(binary: str, small: Path) -> None:
+    with Daemon([str(small)], binary=binary, extra_args=["--log-level", "warn"]) as dm:
+        shard = loaderd.read_parquet(str(small / "*.parquet"), socket=dm.socket).shuffle(seed=3).shard(0, 1)
+        ds = shard.to_torch(batch_size=1000)
+        # One worker reads the shard once, in a child process.
+        one = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1)
+        ids = torch.cat([b["id"] for b in one])
+        assert torch.equal(torch.sort(ids).values, torch.arange(ROWS))
+        # Two would each read all of it: refused, with what to do instead.
+        two = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+        with pytest.raises(
+            loaderd.InvalidArgumentError, match=r"num_workers=2: each worker would read"
+        ) as ei:
+            next(iter(two))
+        assert "num_workers=0" in str(ei.value)
 
 
 def test_environment_checks(monkeypatch: pytest.MonkeyPatch, small: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -267,24 +268,39 @@ class Dataset:
         self._daemon_only("groupby")
         return _io.GroupedData(self, key)
 
-    def map_batches(self, fn: Callable[[Any], Any], *, batch_format: str = "numpy") -> Dataset:
-        """Apply ``fn`` to every batch, in the client (trainer process) after
-        the batch arrives: Python cannot run in the daemon. ``fn`` gets the
+    def map_batches(
+        self, fn: Callable[[Any], Any], *, batch_format: str = "numpy", num_threads: int = 0
+    ) -> Dataset:
+        """Apply ``fn`` to every batch, in the client (the trainer's process)
+        as batches arrive: Python cannot run in the daemon. ``fn`` gets the
         batch in ``batch_format`` and returns a dict of arrays, a pyarrow
-        Table/RecordBatch or a pandas DataFrame. The result is a copy."""
+        Table/RecordBatch or a pandas DataFrame. The result is a copy.
+
+        ``num_threads=n`` calls ``fn`` on up to ``n`` batches at once in a
+        thread pool (``fn`` must then be thread-safe; it pays when ``fn``
+        releases the GIL, as NumPy, pandas and Arrow compute do), with at
+        most ``n + 1`` batches in flight; batches still come out in order.
+        An exception in ``fn`` is raised as :class:`LoaderError` naming
+        ``fn``, with the original as its ``__cause__``."""
         if batch_format not in BATCH_FORMATS:
             raise InvalidArgumentError(f"batch_format must be one of {BATCH_FORMATS}, got {batch_format!r}")
-        return self._with_udf(_udf.Udf("batches", fn, batch_format))
+        _udf.check_threads(num_threads)
+        return self._with_udf(_udf.Udf("batches", fn, batch_format, num_threads))
 
-    def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Dataset:
+    def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]], *, num_threads: int = 0) -> Dataset:
         """Apply ``fn`` to every row (a dict), in the client, after receipt.
-        Row by row in Python: prefer :meth:`map_batches` for speed."""
-        return self._with_udf(_udf.Udf("rows", fn))
+        Row by row in Python: prefer :meth:`map_batches` for speed.
+        ``num_threads`` as for :meth:`map_batches` (a batch's rows stay on
+        one thread)."""
+        _udf.check_threads(num_threads)
+        return self._with_udf(_udf.Udf("rows", fn, num_threads=num_threads))
 
-    def filter(self, fn: Callable[[dict[str, Any]], bool]) -> Dataset:
+    def filter(self, fn: Callable[[dict[str, Any]], bool], *, num_threads: int = 0) -> Dataset:
         """Keep the rows (dicts) for which ``fn`` is true, in the client,
-        after receipt: batches may then be smaller than ``batch_size``."""
-        return self._with_udf(_udf.Udf("filter", fn))
+        after receipt: batches may then be smaller than ``batch_size``.
+        ``num_threads`` as for :meth:`map_batches`."""
+        _udf.check_threads(num_threads)
+        return self._with_udf(_udf.Udf("filter", fn, num_threads=num_threads))
 
     def _with_udf(self, u: _udf.Udf) -> Dataset:
         return Dataset(self._spec, self._client, (*self._udfs, u))
@@ -420,14 +436,7 @@ class Shard:
         on the fast path: past that the daemon waits, then sends the next
         batches over gRPC until you release one.
         """
-        if batch_size < 1:
-            raise InvalidArgumentError(f"batch_size must be positive, got {batch_size}")
-        if epoch < 0:
-            raise InvalidArgumentError(f"epoch must not be negative, got {epoch}")
-        if batch_format not in BATCH_FORMATS:
-            raise InvalidArgumentError(f"batch_format must be one of {BATCH_FORMATS}, got {batch_format!r}")
-        if transport not in TRANSPORTS:
-            raise InvalidArgumentError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+        _check_iter_args(batch_size, epoch, batch_format, transport)
         req = self._open(epoch, batch_size, drop_last)
         resume, self._resume = self._resume, None
         if resume is not None and resume["epoch"] == epoch:
@@ -455,24 +464,26 @@ class Shard:
                 "world size or mode changed"
             )
         self._cursor = self._state(req.epoch, req.start_sample, fp)
-        for rb, meta in self._batches(stream, req, transport):
-            # A batch handed out counts as consumed: a checkpoint taken
-            # while the caller holds it resumes after it.
-            self._cursor = self._state(req.epoch, meta.next_sample, fp)
-            if udfs:
-                rb = _udf.apply(udfs, rb)
-            if rb.num_rows == 0:
-                continue  # every sample of it was bad and skipped (or filtered out)
-            if padding_column is not None:
-                n = rb.num_rows
-                mask = np.arange(n) >= n - meta.padding_rows
-                rb = rb.append_column(padding_column, pa.array(mask))
-            out = format_batch(rb, batch_format)
-            # Keep no reference while suspended: the caller's decide when a
-            # shared-memory slot is released.
-            del rb
-            yield out
-            del out
+        source = self._batches(stream, req, transport)
+        if padding_column is not None:
+            # Marked before client-side functions, which may drop rows.
+            source = _mark_padding(source, padding_column)
+        batches = _udf.pipeline(udfs, source) if udfs else source
+        try:
+            for rb, meta in batches:
+                # A batch handed out counts as consumed: a checkpoint taken
+                # while the caller holds it resumes after it.
+                self._cursor = self._state(req.epoch, meta.next_sample, fp)
+                if rb.num_rows == 0:
+                    continue  # every sample of it was bad and skipped (or filtered out)
+                out = format_batch(rb, batch_format)
+                # Keep no reference while suspended: the caller's decide when a
+                # shared-memory slot is released.
+                del rb
+                yield out
+                del out
+        finally:
+            _udf.close(batches)
 
     def _batches(
         self, stream: BatchStream, req: feed_pb2.OpenStream, transport: Transport
@@ -552,37 +563,91 @@ class Shard:
         Tensors are views of the batch's Arrow buffers (shared memory on the
         daemon's host): no copy, and read-only — modify a batch only after
         ``.clone()``. ``dtypes={"x": torch.float32}`` casts (a copy);
-        ``pin_memory=True`` copies into pinned memory for fast transfers;
-        ``device="cuda"`` moves the tensors (non-blocking when pinned).
-        Columns torch cannot hold (strings, binary) stay NumPy arrays.
+        ``pin_memory=True`` copies into pinned memory for fast transfers
+        (without CUDA it warns and leaves the tensors unpinned, as torch's
+        DataLoader does); ``device="cuda"`` moves the tensors (non-blocking
+        when pinned). Columns torch cannot hold (strings, binary) stay NumPy
+        arrays.
         """
         import torch
 
         if pin_memory and not torch.cuda.is_available():
-            raise InvalidArgumentError("pin_memory=True needs CUDA, which this torch build cannot use")
-        for batch in self.iter_batches(
+            warnings.warn(
+                "loaderd: pin_memory=True but torch finds no CUDA device: the tensors are not pinned",
+                stacklevel=2,
+            )
+            pin_memory = False
+        batches = self.iter_batches(
             batch_size, epoch=epoch, batch_format="torch", drop_last=drop_last, transport=transport
-        ):
-            for name, t in batch.items():
-                if not isinstance(t, torch.Tensor):
-                    continue
-                if dtypes and name in dtypes:
-                    t = t.to(dtypes[name])
-                if pin_memory:
-                    t = t.pin_memory()
-                if device is not None:
-                    t = t.to(device, non_blocking=pin_memory)
-                batch[name] = t
-            yield batch
+        )
+        return _torch_batches(batches, device, dtypes or {}, pin_memory)
 
     def to_torch(self, batch_size: int = 256, **kwargs: Any) -> Any:
         """A ``torch.utils.data.IterableDataset`` over this shard's batches
         (:meth:`iter_torch_batches` arguments), for ``DataLoader(ds,
-        batch_size=None)``: batching and shuffling happen in the daemon, so
-        keep ``num_workers=0``. Call ``set_epoch(e)`` before each epoch."""
+        batch_size=None)``. Batching, shuffling and decoding happen in the
+        daemon: keep ``num_workers=0``. With more workers each would read the
+        whole shard (every sample once per worker), so that raises
+        :class:`InvalidArgumentError`; one worker works, but its cursor stays
+        in the worker process, so :meth:`state_dict` needs ``num_workers=0``.
+        Call ``set_epoch(e)`` before each epoch; ``state_dict`` and
+        ``load_state_dict`` are the shard's."""
         from loaderd._torch import ShardIterable
 
         return ShardIterable(self, batch_size, kwargs)
+
+    def to_tf(
+        self,
+        batch_size: int = 256,
+        *,
+        epoch: int = 0,
+        drop_last: bool = False,
+        transport: Transport = "auto",
+    ) -> Any:
+        """This rank's batches of ``epoch`` as a ``tf.data.Dataset`` of dicts
+        of tensors, made with ``tf.data.Dataset.from_generator`` over
+        :meth:`iter_batches` (NumPy batches; TensorFlow copies each). The
+        element spec comes from the dataset's schema: numbers and booleans,
+        fixed-size lists and tensors (extra dimensions), strings and binary
+        (``tf.string``); with :meth:`Dataset.map_batches` and the like, from
+        the first batch of the dataset through them. Each iteration of the
+        result reads the epoch again from the daemon (a loaded
+        :meth:`state_dict` applies to the first); make one per epoch. Needs
+        ``pip install tensorflow``."""
+        from loaderd import _tf
+
+        _check_iter_args(batch_size, epoch, "numpy", transport)
+        return _tf.dataset(self, batch_size, epoch, drop_last, transport)
+
+
+def _check_iter_args(batch_size: int, epoch: int, batch_format: str, transport: str) -> None:
+    if batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be positive, got {batch_size}")
+    if epoch < 0:
+        raise InvalidArgumentError(f"epoch must not be negative, got {epoch}")
+    if batch_format not in BATCH_FORMATS:
+        raise InvalidArgumentError(f"batch_format must be one of {BATCH_FORMATS}, got {batch_format!r}")
+    if transport not in TRANSPORTS:
+        raise InvalidArgumentError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+
+
+def _torch_batches(
+    batches: Iterator[dict[str, Any]], device: Any, dtypes: dict[str, Any], pin_memory: bool
+) -> Iterator[dict[str, Any]]:
+    import torch
+
+    for batch in batches:
+        for name, t in batch.items():
+            if not isinstance(t, torch.Tensor):
+                continue
+            if name in dtypes:
+                t = t.to(dtypes[name])
+            if pin_memory:
+                t = t.pin_memory()
+            if device is not None:
+                t = t.to(device, non_blocking=pin_memory)
+            batch[name] = t
+        yield batch
 
 
 def read_parquet(
@@ -660,6 +725,17 @@ def read_webdataset(
 
 STATE_VERSION = 1
 """Version of :meth:`Shard.state_dict`'s cursor."""
+
+
+def _mark_padding(
+    batches: Iterator[tuple[pa.RecordBatch, BatchMeta]], column: str
+) -> Iterator[tuple[pa.RecordBatch, BatchMeta]]:
+    """The batches with a boolean ``column`` true on their padding rows (the
+    last ``padding_rows``)."""
+    for rb, meta in batches:
+        n = rb.num_rows
+        yield rb.append_column(column, pa.array(np.arange(n) >= n - meta.padding_rows)), meta
+        del rb
 
 
 def _open(
