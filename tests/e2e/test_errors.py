@@ -47,6 +47,24 @@ def test_without_a_daemon_every_call_gives_the_hint(tmp_path: Path, call: Callab
     assert ei.value.code == "UNAVAILABLE"
 
 
+MAKERS: dict[str, Callable[[str], Any]] = {
+    "from_items": lambda sock: loaderd.from_items([{"a": 1}], socket=sock),
+    "range": lambda sock: loaderd.range(3, socket=sock),
+    "from_pandas": lambda sock: loaderd.from_pandas(pa.table({"a": [1]}).to_pandas(), socket=sock),
+    "from_arrow": lambda sock: loaderd.from_arrow(pa.table({"a": [1]}), socket=sock),
+}
+
+
+@pytest.mark.parametrize("make", MAKERS.values(), ids=MAKERS.keys())
+def test_without_a_daemon_uploads_give_the_hint(tmp_path: Path, make: Callable[[str], Any]) -> None:
+    sock = str(tmp_path / "none.sock")
+    with pytest.raises(loaderd.DaemonUnavailableError) as ei:
+        make(sock)
+    assert ei.value.__cause__ is None and str(ei.value).startswith(
+        f"no loaderd daemon answers on {sock}: start one with `loaderd serve --socket {sock}`"
+    )
+
+
 def test_without_a_daemon_torch_batches_give_the_hint(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     sock = str(tmp_path / "none.sock")
