@@ -148,3 +148,15 @@ def test_restarted_daemon(binary: str, tmp_path: Path) -> None:
             [sys.executable, "-c", READER, sock, "5000"], check=True, capture_output=True, text=True
         )
     assert head + rest == json.loads(out.stdout)
+
+
+def test_whole_dataset_in_this_process(dm: Daemon) -> None:
+    df = pd.DataFrame({"id": np.arange(20_000), "x": np.arange(20_000) * 0.5})
+    ds = loaderd.from_pandas(df, socket=dm.socket)
+    pd.testing.assert_frame_equal(ds.to_pandas(), df)
+    assert ds.to_arrow(limit=10_001).num_rows == 10_001
+    assert ds.filter(lambda r: r["id"] < 5).to_arrow().column("id").to_pylist() == [0, 1, 2, 3, 4]
+    assert ds.take(3) == [{"id": 0, "x": 0.0}, {"id": 1, "x": 0.5}, {"id": 2, "x": 1.0}]
+    torch = pytest.importorskip("torch")
+    got = torch.cat([b["id"] for b in ds.iter_torch_batches(batch_size=4096)])
+    assert got.tolist() == list(range(20_000))

@@ -314,14 +314,10 @@ class Dataset:
 
     def take(self, n: int = 20) -> list[dict[str, Any]]:
         """The first ``n`` rows (epoch 0), as dicts."""
-        out: list[dict[str, Any]] = []
         if n <= 0:
-            return out
-        for t in self.iter_batches(batch_size=min(n, 8192), batch_format="pyarrow"):
-            out.extend(t.slice(0, n - len(out)).to_pylist())
-            if len(out) >= n:
-                break
-        return out
+            return []
+        rows: list[dict[str, Any]] = self.to_arrow(limit=n).to_pylist()
+        return rows
 
     def count(self) -> int:
         """Rows in the dataset (one epoch, unpadded). With client-side
@@ -348,6 +344,32 @@ class Dataset:
         return self.shard(0, 1, "exact").iter_batches(
             batch_size, epoch=epoch, batch_format=batch_format, drop_last=drop_last, transport=transport
         )
+
+    def iter_torch_batches(self, batch_size: int = 256, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Every row of the dataset as dicts of torch tensors (the shard of
+        rank 0 of 1); the arguments are :meth:`Shard.iter_torch_batches`'s."""
+        return self.shard(0, 1, "exact").iter_torch_batches(batch_size, **kwargs)
+
+    def to_pandas(self, limit: int | None = None) -> Any:
+        """The whole dataset (epoch 0, or its first ``limit`` rows) as one
+        pandas DataFrame, in this process: for small data."""
+        return self.to_arrow(limit).to_pandas()
+
+    def to_arrow(self, limit: int | None = None) -> pa.Table:
+        """The whole dataset (epoch 0, or its first ``limit`` rows) as one
+        pyarrow Table, in this process: for small data."""
+        parts: list[pa.Table] = []
+        rows = 0
+        size = 8192 if limit is None else max(1, min(limit, 8192))
+        for t in self.iter_batches(batch_size=size, batch_format="pyarrow"):
+            if limit is not None and rows + t.num_rows >= limit:
+                parts.append(t.slice(0, limit - rows))
+                break
+            parts.append(t)
+            rows += t.num_rows
+        if not parts:
+            return self.schema().empty_table()
+        return pa.concat_tables(parts)
 
 
 @dataclass(frozen=True)
