@@ -448,7 +448,9 @@ func (c *Client) Upload(ctx context.Context, table []byte) (string, error) {
 	}
 	h := &feedv1.UploadHeader{Sha256: hex.EncodeToString(sum[:]), Size: int64(len(table))}
 	if err := st.Send(&feedv1.UploadRequest{Part: &feedv1.UploadRequest_Header{Header: h}}); err != nil {
-		_, err = st.CloseAndRecv() // the server's answer says why
+		if _, err2 := st.CloseAndRecv(); err2 != nil { // the server's answer says why
+			err = err2
+		}
 		return "", err
 	}
 	for rest := table; len(rest) > 0; {

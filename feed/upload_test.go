@@ -2,6 +2,8 @@ package feed
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"os"
@@ -10,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/apache/arrow-go/v18/arrow/array"
+	feedv1 "github.com/loaderd/loaderd/feed/api/loaderd/feed/v1"
 	"github.com/loaderd/loaderd/prefetch"
 	"github.com/loaderd/loaderd/shard"
 	"github.com/prometheus/client_golang/prometheus"
@@ -58,6 +61,25 @@ func TestUploadThenShard(t *testing.T) {
 	}
 	if again, err := c.Upload(ctx, table); err != nil || again != uri {
 		t.Fatalf("second upload: %q, %v", again, err)
+	}
+	// A header alone asks: held or not.
+	probe := func(data []byte) (*feedv1.UploadResponse, error) {
+		st, err := c.api.Upload(ctx)
+		if err != nil {
+			return nil, err
+		}
+		sum := sha256.Sum256(data)
+		h := &feedv1.UploadHeader{Sha256: hex.EncodeToString(sum[:]), Size: int64(len(data))}
+		if err := st.Send(&feedv1.UploadRequest{Part: &feedv1.UploadRequest_Header{Header: h}}); err != nil {
+			return nil, err
+		}
+		return st.CloseAndRecv()
+	}
+	if resp, err := probe(table); err != nil || !resp.GetExisted() || resp.GetUri() != uri {
+		t.Fatalf("probe of a held table: %v, %v", resp, err)
+	}
+	if _, err := probe([]byte("not held")); status.Code(err) != codes.NotFound {
+		t.Fatalf("probe of a table not held: %v", err)
 	}
 	if st := uploads.Stats(); st.Uploads != 1 || st.Tables != 1 || st.Bytes != int64(len(table)) {
 		t.Fatalf("store after two uploads of one table: %+v", st)

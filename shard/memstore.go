@@ -22,8 +22,9 @@ const MemScheme = "mem"
 //
 // It holds at most its budget. Room for a new upload is made by dropping the
 // least recently used tables; a dataset whose table was dropped, or a daemon
-// that restarted, answers ErrNotFound, and the client uploads the table again
-// (it keeps the bytes). Sessions that already opened a dropped table read on.
+// that restarted, answers ErrNotFound — at open, or at the next block a
+// running session reads that the block cache does not hold — and the client
+// uploads the table again (it keeps the bytes) and continues where it was.
 type MemStore struct {
 	budget int64
 	charge func(int64) // counts held bytes in the daemon's memory budget
@@ -66,12 +67,18 @@ type MemStats struct {
 func (s *MemStore) Stats() MemStats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	held := s.heldLocked()
+	return MemStats{Budget: s.budget, Bytes: held, Tables: len(s.tables), Uploads: s.uploads,
+		Evictions: s.evictions, Reserved: s.used - held}
+}
+
+// heldLocked is the bytes of the tables held.
+func (s *MemStore) heldLocked() int64 {
 	held := int64(0)
 	for _, t := range s.tables {
 		held += int64(len(t.data))
 	}
-	return MemStats{Budget: s.budget, Bytes: held, Tables: len(s.tables), Uploads: s.uploads,
-		Evictions: s.evictions, Reserved: s.used - held}
+	return held
 }
 
 // checkDigest accepts a SHA-256 in lowercase hex.
@@ -163,13 +170,14 @@ func (s *MemStore) Begin(digest string, size int64) (*Upload, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// Tables can make room; uploads in progress cannot. Drop nothing unless
+	// the upload then fits.
+	if inProgress := s.used - s.heldLocked(); size > s.budget-inProgress {
+		return nil, fmt.Errorf("%w: uploads in progress hold %s of the %s for uploads; try again when "+
+			"they are done", ErrExhausted, humanize.IBytes(uint64(inProgress)), humanize.IBytes(uint64(s.budget)))
+	}
 	for s.used+size > s.budget {
-		last := s.recent.Back()
-		if last == nil {
-			return nil, fmt.Errorf("%w: uploads in progress hold %s of the %s for uploads; try again when "+
-				"they are done", ErrExhausted, humanize.IBytes(uint64(s.used)), humanize.IBytes(uint64(s.budget)))
-		}
-		s.dropLocked(last.Value.(*memTable))
+		s.dropLocked(s.recent.Back().Value.(*memTable))
 	}
 	s.used += size
 	s.charge(size)

@@ -195,7 +195,7 @@ func (c *Config) Validate() error {
 			"memory budget, of which a quarter is left to the Go runtime and %s to queues and reads, so at most %s "+
 			"(lower cache-bytes or raise memory-bytes)", c.MemoryBytes, minPipelineBytes, most)
 	}
-	if most := maxCacheBytes(c.MemoryBytes); c.CacheBytes <= most && c.CacheBytes+c.UploadBytes > most {
+	if most := maxCacheBytes(c.MemoryBytes); c.CacheBytes <= most && c.UploadBytes > most-c.CacheBytes {
 		return settingErr("upload-bytes", c.UploadBytes, "does not fit in memory-bytes %s beside cache-bytes %s: "+
 			"together they may take at most %s (lower one of them or raise memory-bytes)", c.MemoryBytes, c.CacheBytes, most)
 	}

@@ -85,6 +85,31 @@ func TestConfigPrecedence(t *testing.T) {
 	}
 }
 
+// The cache and uploads share what counted data may use: a size given wins,
+// the other's default fits beside it.
+func TestUploadBytesBesideTheCache(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		flags         string
+		cache, upload Size
+	}{
+		{"", 512 << 20, 128 << 20},
+		{"--cache-bytes 700MiB", 700 << 20, 36 << 20},
+		{"--cache-bytes 736MiB", 736 << 20, 0},
+		{"--upload-bytes 300MiB", 436 << 20, 300 << 20},
+		{"--upload-bytes 0", 512 << 20, 0},
+	} {
+		args := append([]string{"--data-root", dir, "--memory-bytes", "1GiB"}, strings.Fields(tc.flags)...)
+		c, err := load(t, args...)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.flags, err)
+		}
+		if c.CacheBytes != tc.cache || c.UploadBytes != tc.upload {
+			t.Errorf("%q: cache %s, uploads %s; want %s and %s", tc.flags, c.CacheBytes, c.UploadBytes, tc.cache, tc.upload)
+		}
+	}
+}
+
 // Every mistake names where it is: the file and line, or the flag.
 func TestConfigErrors(t *testing.T) {
 	dir := t.TempDir()
@@ -104,6 +129,9 @@ func TestConfigErrors(t *testing.T) {
 		{"memory-bytes: 1GiB\n", "--cache-bytes 900MiB",
 			"--cache-bytes 900MiB: does not fit in memory-bytes 1GiB: the cache is part of the memory budget, of which a quarter is left to the Go runtime and 32MiB to queues and reads, so at most 736MiB"},
 		{"memory-bytes: 1GiB\ncache-bytes: 800MiB\n", "", ":2: cache-bytes 800MiB: does not fit in memory-bytes 1GiB"},
+		{"memory-bytes: 1GiB\n", "--cache-bytes 700MiB --upload-bytes 100MiB",
+			"--upload-bytes 100MiB: does not fit in memory-bytes 1GiB beside cache-bytes 700MiB: together they may take at most 736MiB"},
+		{"memory-bytes: 1GiB\n", "--cache-bytes 1 --upload-bytes 7EiB", ": does not fit in memory-bytes 1GiB beside cache-bytes 1"},
 		{"lookahead-ttl: -1s\n", "", ":1: lookahead-ttl -1s: must not be negative"},
 		{"lookahead-ttl: soon\n", "", ":1: lookahead-ttl:"},
 	} {

@@ -96,10 +96,12 @@ def test_errors(dm: Daemon, binary: str, tmp_path: Path) -> None:
         loaderd.range(10, socket=str(tmp_path / "nobody.sock"))
 
 
-def test_dropped_table_is_uploaded_again_mid_epoch(binary: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("threads", [0, 3])
+def test_dropped_table_is_uploaded_again_mid_epoch(binary: str, tmp_path: Path, threads: int) -> None:
     """The daemon holds room for one table: a second upload drops the first
-    while a shard reads it; the reader uploads it again and goes on at its
-    cursor, every id once."""
+    while a shard reads it; the reader uploads it again and goes on after
+    the last batch it received, every id once (with a threaded function too,
+    which holds received batches not yet handed out)."""
     t1 = pa.table({"id": pa.array(np.arange(20_000, dtype=np.int64))})
     t2 = pa.table({"id": pa.array(np.arange(20_000, 40_000, dtype=np.int64))})
     room = int(1.5 * max(len(_parquet(t1, 200)), len(_parquet(t2, 200))))
@@ -109,7 +111,8 @@ def test_dropped_table_is_uploaded_again_mid_epoch(binary: str, tmp_path: Path) 
     args += ["--shm-min-batch-bytes", "0", "--shm-spill-after", "1h"]
     with Daemon([str(tmp_path)], binary=binary, extra_args=args) as d:
         first = loaderd.from_arrow(t1, override_num_blocks=200, socket=d.socket)
-        it = first.iter_batches(batch_size=10, transport="shm")
+        reader = first.map_batches(lambda b: b, num_threads=threads) if threads else first
+        it = reader.iter_batches(batch_size=10, transport="shm")
         got = next(it)["id"].tolist()
         second = loaderd.from_arrow(t2, override_num_blocks=200, socket=d.socket)
         for b in it:

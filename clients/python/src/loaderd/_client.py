@@ -102,13 +102,23 @@ class Client:
         return uri
 
     def _send_table(self, digest: str, table: bytes) -> None:
+        header = feed_pb2.UploadRequest(header=feed_pb2.UploadHeader(sha256=digest, size=len(table)))
+
         def parts() -> Iterator[feed_pb2.UploadRequest]:
-            yield feed_pb2.UploadRequest(header=feed_pb2.UploadHeader(sha256=digest, size=len(table)))
+            yield header
             view = memoryview(table)
             for at in range(0, len(table), _UPLOAD_CHUNK):
                 yield feed_pb2.UploadRequest(chunk=bytes(view[at : at + _UPLOAD_CHUNK]))
 
         try:
+            # The header alone first: a table the daemon holds (another rank
+            # uploaded it) costs no bytes.
+            try:
+                self._api().Upload(iter([header]))
+                return
+            except grpc.RpcError as err:
+                if not isinstance(err, grpc.Call) or err.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
             self._api().Upload(parts())
         except grpc.RpcError as err:
             raise self._error(err) from None

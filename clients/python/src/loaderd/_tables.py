@@ -3,8 +3,9 @@
 The table is written once as Parquet and uploaded to the daemon, which keeps
 it in memory (its ``--upload-bytes``) under ``mem://<sha256 of the bytes>``
 and from then on shards, shuffles and caches it like a file. Every rank that
-makes the same table makes the same bytes, so the daemon keeps one copy and
-uploads after the first send only a header. The client keeps the bytes too,
+makes the same table makes the same bytes, so the daemon keeps one copy: the
+client sends the header first, and the bytes only when the daemon has not
+got them. The client keeps the bytes too,
 to upload them again if the daemon restarted or dropped the table for room.
 """
 

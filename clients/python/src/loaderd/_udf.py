@@ -86,7 +86,9 @@ def pipeline(
 def _serial(u: Udf, batches: Iterator[tuple[pa.RecordBatch, M]]) -> Iterator[tuple[pa.RecordBatch, M]]:
     try:
         for rb, meta in batches:
-            yield u(rb), meta
+            out = u(rb)
+            del rb  # a copy goes on: the received batch (a shared-memory slot) may go
+            yield out, meta
     finally:
         close(batches)
 

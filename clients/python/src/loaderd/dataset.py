@@ -358,6 +358,8 @@ class Dataset:
     def to_arrow(self, limit: int | None = None) -> pa.Table:
         """The whole dataset (epoch 0, or its first ``limit`` rows) as one
         pyarrow Table, in this process: for small data."""
+        if limit is not None and limit < 0:
+            raise InvalidArgumentError(f"limit must not be negative, got {limit}")
         parts: list[pa.Table] = []
         rows = 0
         size = 8192 if limit is None else max(1, min(limit, 8192))
@@ -512,18 +514,29 @@ class Shard:
     ) -> Iterator[tuple[pa.RecordBatch, BatchMeta]]:
         """The stream's batches. A table of this dataset that the daemon
         dropped mid-epoch (for room, or in a restart) is uploaded again and
-        the epoch continues at the cursor, as a resume would."""
-        retries = 0
+        the epoch continues after the last batch received, as a resume would
+        (client-side functions may hold received batches not yet handed out)."""
+        at = req.start_sample
+        tries = 0
         while True:
             try:
-                yield from stream
+                for rb, meta in stream:
+                    at = meta.next_sample
+                    yield rb, meta
+                    del rb
                 return
-            except NotFoundError:
-                retries += 1
-                if retries > 3 or not self.dataset._client.reupload(req.dataset):
+            except NotFoundError as err:
+                tries += 1
+                if tries > 3:
+                    raise NotFoundError(
+                        f"{err.message}; uploaded again {tries - 1} times this epoch and dropped each "
+                        "time: the tables in use on this node do not fit in the daemon's --upload-bytes "
+                        "together (raise it, or read files)",
+                        code=err.code,
+                    ) from None
+                if not self.dataset._client.reupload(req.dataset):
                     raise
-            assert self._cursor is not None
-            req.start_sample = self._cursor["next_sample"]
+            req.start_sample = at
             stream = self.dataset._client.stream(req, transport)
 
     def _state(self, epoch: int, next_sample: int, fingerprint: str) -> dict[str, Any]:

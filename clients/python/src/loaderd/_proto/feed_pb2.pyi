@@ -1517,7 +1517,8 @@ class UploadResponse(_message.Message):
     size: _builtins.int
     existed: _builtins.bool
     """The daemon held the table already: bytes sent after the header were not
-    needed (a client may send the header alone to ask).
+    needed. A client may send the header alone to ask: the answer is this,
+    or NOT_FOUND when the daemon does not hold the table.
     """
     def __init__(
         self,

@@ -3305,7 +3305,8 @@ type UploadResponse struct {
 	Uri  string `protobuf:"bytes,1,opt,name=uri,proto3" json:"uri,omitempty"`
 	Size int64  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
 	// The daemon held the table already: bytes sent after the header were not
-	// needed (a client may send the header alone to ask).
+	// needed. A client may send the header alone to ask: the answer is this,
+	// or NOT_FOUND when the daemon does not hold the table.
 	Existed       bool `protobuf:"varint,3,opt,name=existed,proto3" json:"existed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
