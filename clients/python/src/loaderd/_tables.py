@@ -46,7 +46,19 @@ def _parquet(table: pa.Table, num_blocks: int | None = None) -> bytes:
     sink = pa.BufferOutputStream()
     # The same table makes the same bytes (the writer stamps no time), so
     # ranks that make one table share one upload.
-    pq.write_table(table, sink, row_group_size=_block_rows(table, num_blocks), compression="snappy")
+    # Dictionary encoding only where values tend to repeat: tried on numbers
+    # it falls back after a page, and costs 10× the time and 40% more bytes.
+    text = [
+        f.name
+        for f in table.schema
+        if pa.types.is_string(f.type)
+        or pa.types.is_large_string(f.type)
+        or pa.types.is_binary(f.type)
+        or pa.types.is_dictionary(f.type)
+    ]
+    rows = _block_rows(table, num_blocks)
+    # pyarrow takes a list of columns here; its stubs say bool only.
+    pq.write_table(table, sink, row_group_size=rows, compression="snappy", use_dictionary=text)  # type: ignore[arg-type]
     return bytes(sink.getvalue().to_pybytes())
 
 
