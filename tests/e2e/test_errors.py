@@ -4,6 +4,7 @@ mid-epoch ends the iteration with a LoaderError."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,9 @@ def test_without_a_daemon_torch_batches_give_the_hint(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("transport", ["shm", "grpc"])
 def test_a_daemon_that_dies_mid_epoch_raises_a_loader_error(
-    binary: str, tmp_path: Path, transport: str
+    binary: str, tmp_path: Path, transport: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("LOADERD_RECONNECT_TIMEOUT", "0")  # no waiting for it to come back
     ids = np.arange(1_000_000, dtype=np.int64)
     pq.write_table(pa.table({"id": ids}), tmp_path / "a.parquet", row_group_size=10_000)
     dm = Daemon([str(tmp_path)], binary=binary, extra_args=["--log-level", "warn"]).start()
@@ -97,3 +99,52 @@ def test_a_daemon_that_dies_mid_epoch_raises_a_loader_error(
     finally:
         dm.stop()
         dm.cleanup()
+
+
+@pytest.mark.parametrize("transport", ["shm", "grpc"])
+def test_a_daemon_that_comes_back_mid_epoch_is_waited_for(
+    binary: str, tmp_path: Path, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon is killed mid-epoch and started again on its socket: the
+    iteration waits, reconnects and goes on after the last batch received,
+    every id once, in the order of an uninterrupted epoch."""
+    monkeypatch.setenv("LOADERD_RECONNECT_TIMEOUT", "20")
+    ids = np.arange(200_000, dtype=np.int64)
+    pq.write_table(pa.table({"id": ids}), tmp_path / "a.parquet", row_group_size=10_000)
+    sock = str(tmp_path / "run" / "d.sock")
+    args = ["--log-level", "warn"]
+    with Daemon([str(tmp_path)], binary=binary, extra_args=args, socket=sock) as dm:
+        ds = loaderd.read_parquet(str(tmp_path / "a.parquet"), socket=sock).shuffle(seed=9)
+        whole = [i for b in ds.shard(1, 2).iter_batches(batch_size=1000) for i in b["id"].tolist()]
+        it = ds.shard(1, 2).iter_batches(batch_size=1000, transport=transport)
+        got = next(it)["id"].tolist()
+        assert dm.proc is not None
+        dm.proc.kill()
+        dm.proc.wait()
+    again = Daemon([str(tmp_path)], binary=binary, extra_args=args, socket=sock)
+    timer = threading.Timer(1.0, again.start)
+    timer.start()
+    try:
+        for b in it:
+            got.extend(b["id"].tolist())
+    finally:
+        timer.join()
+        again.stop()
+        again.cleanup()
+    assert got == whole
+
+
+def test_a_daemon_that_does_not_come_back_says_how_to_go_on(
+    binary: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOADERD_RECONNECT_TIMEOUT", "1")
+    pq.write_table(pa.table({"id": np.arange(200_000)}), tmp_path / "a.parquet", row_group_size=10_000)
+    with Daemon([str(tmp_path)], binary=binary, extra_args=["--log-level", "warn"]) as dm:
+        it = loaderd.read_parquet(str(tmp_path / "a.parquet"), socket=dm.socket).iter_batches(batch_size=100)
+        next(it)
+        assert dm.proc is not None
+        dm.proc.kill()
+        dm.proc.wait()
+        with pytest.raises(loaderd.DaemonUnavailableError, match=r"did not come back within 1s.*state_dict"):
+            for _ in it:
+                pass

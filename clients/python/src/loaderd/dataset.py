@@ -8,7 +8,9 @@ reading, splitting and shuffling happens in the daemon.
 from __future__ import annotations
 
 import base64
+import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,7 +23,7 @@ from loaderd import _io, _udf
 from loaderd._client import TRANSPORTS, BatchMeta, BatchStream, Client, Transport
 from loaderd._formats import BATCH_FORMATS, format_batch
 from loaderd._proto import feed_pb2
-from loaderd.errors import InvalidArgumentError, NotFoundError
+from loaderd.errors import DaemonUnavailableError, InvalidArgumentError, NotFoundError
 
 __all__ = [
     "Dataset",
@@ -41,6 +43,8 @@ OnError = Literal["raise", "skip"]
 Size = int | tuple[int, int]
 
 # torchvision's ImageNet statistics, for normalize().
+_log = logging.getLogger("loaderd")
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -512,12 +516,16 @@ class Shard:
     def _batches(
         self, stream: BatchStream, req: feed_pb2.OpenStream, transport: Transport
     ) -> Iterator[tuple[pa.RecordBatch, BatchMeta]]:
-        """The stream's batches. A table of this dataset that the daemon
-        dropped mid-epoch (for room, or in a restart) is uploaded again and
-        the epoch continues after the last batch received, as a resume would
-        (client-side functions may hold received batches not yet handed out)."""
-        at = req.start_sample
-        tries = 0
+        """The stream's batches, through what a long epoch may meet, each
+        time continuing after the last batch received, as a resume would
+        (client-side functions may hold received batches not yet handed
+        out): a table of this dataset that the daemon dropped (for room, or
+        in a restart) is uploaded again; a daemon that stopped answering is
+        waited for, up to ``LOADERD_RECONNECT_TIMEOUT`` seconds (default
+        30; 0: not at all), and must plan the epoch as before."""
+        client = self.dataset._client
+        at, fingerprint = req.start_sample, stream.header.plan_fingerprint
+        recoveries = 0
         while True:
             try:
                 for rb, meta in stream:
@@ -526,18 +534,29 @@ class Shard:
                     del rb
                 return
             except NotFoundError as err:
-                tries += 1
-                if tries > 3:
+                recoveries += 1
+                if recoveries > _MAX_RECOVERIES:
                     raise NotFoundError(
-                        f"{err.message}; uploaded again {tries - 1} times this epoch and dropped each "
+                        f"{err.message}; uploaded again {recoveries - 1} times this epoch and dropped each "
                         "time: the tables in use on this node do not fit in the daemon's --upload-bytes "
                         "together (raise it, or read files)",
                         code=err.code,
                     ) from None
-                if not self.dataset._client.reupload(req.dataset):
+                if not client.reupload(req.dataset):
                     raise
+            except DaemonUnavailableError as err:
+                recoveries += 1
+                if recoveries > _MAX_RECOVERIES:
+                    raise
+                _reconnect(client, err)
             req.start_sample = at
-            stream = self.dataset._client.stream(req, transport)
+            stream = client.stream(req, transport)
+            if stream.header.plan_fingerprint != fingerprint:
+                stream.close()
+                raise InvalidArgumentError(
+                    f"the daemon plans epoch {req.epoch} differently since it came back (plan "
+                    f"{stream.header.plan_fingerprint}, was {fingerprint}): the dataset's files changed"
+                )
 
     def _state(self, epoch: int, next_sample: int, fingerprint: str) -> dict[str, Any]:
         return {
@@ -760,6 +779,44 @@ def read_webdataset(
 
 STATE_VERSION = 1
 """Version of :meth:`Shard.state_dict`'s cursor."""
+
+# Recoveries (uploads again, reconnections) one epoch of a shard may need
+# before its error is raised: more means something keeps failing.
+_MAX_RECOVERIES = 3
+
+
+def _reconnect(client: Client, err: DaemonUnavailableError) -> None:
+    """Wait for a daemon to answer on the client's socket again, up to
+    LOADERD_RECONNECT_TIMEOUT seconds; raise when none does."""
+    raw = os.environ.get("LOADERD_RECONNECT_TIMEOUT", "30")
+    try:
+        timeout = float(raw)
+    except ValueError:
+        raise InvalidArgumentError(f"LOADERD_RECONNECT_TIMEOUT={raw!r} is not a number of seconds") from None
+    if timeout <= 0:
+        raise err
+    _log.warning(
+        "loaderd: the daemon on %s stopped answering mid-epoch; waiting up to %gs for it to come back",
+        client.socket,
+        timeout,
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        # A fresh channel: the old one backs off between attempts.
+        client.close()
+        try:
+            client.version()
+            _log.warning("loaderd: the daemon on %s answers again; continuing the epoch", client.socket)
+            return
+        except DaemonUnavailableError:
+            if time.monotonic() > deadline:
+                raise DaemonUnavailableError(
+                    f"the loaderd daemon on {client.socket} stopped answering mid-epoch and did not come "
+                    f"back within {timeout:g}s (LOADERD_RECONNECT_TIMEOUT): the shard's state_dict() holds "
+                    "where it got to; load it and iterate again once a daemon serves the socket",
+                    code=err.code,
+                ) from None
+            time.sleep(0.2)
 
 
 def _mark_padding(
