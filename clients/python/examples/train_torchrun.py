@@ -12,8 +12,8 @@ Start a daemon that may read the data, then launch one process per rank::
         --epochs 2 --checkpoint ckpt.pt --resume ckpt.pt
 
 The data is Parquet with a feature column ``x`` (a fixed-size list of
-floats), a target ``y`` and an ``id``; ``--make-data DIR`` writes a small
-such dataset. The daemon's socket comes from ``LOADERD_SOCKET`` (or the
+floats), a target ``y`` and an ``id``; ``train_torchrun.py DATA --make-data
+ROWS`` writes such a dataset to DATA. The daemon's socket comes from ``LOADERD_SOCKET`` (or the
 default one).
 
 ``--ids-dir`` makes every rank write the ids it trained on, one file per rank
