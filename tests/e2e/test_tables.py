@@ -73,6 +73,11 @@ def test_ranks_share_one_upload(dm: Daemon) -> None:
     assert a._spec.uris == b._spec.uris and a._spec.uris[0].startswith("mem://")
     st = loaderd._client.Client(dm.socket).status().uploads
     assert st.uploads == before + 1
+    out = subprocess.run(
+        [dm.binary, "status", "--socket", dm.socket], check=True, capture_output=True, text=True, timeout=30
+    )
+    line = next(x for x in out.stdout.splitlines() if x.startswith("uploads:"))
+    assert f"{st.tables} tables" in line and f"({st.uploads} uploaded" in line, line
 
 
 def test_errors(dm: Daemon, binary: str, tmp_path: Path) -> None:
