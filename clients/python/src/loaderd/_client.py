@@ -142,50 +142,35 @@ class Client:
                 raise
         return call()
 
-    def describe(self, spec: feed_pb2.DatasetSpec) -> feed_pb2.DescribeResponse:
-        def call() -> feed_pb2.DescribeResponse:
-            try:
-                resp: feed_pb2.DescribeResponse = self._api().Describe(feed_pb2.DescribeRequest(dataset=spec))
-                return resp
-            except grpc.RpcError as err:
-                raise self._error(err) from None
+    def _rpc(self, method: str, request: Any, **kwargs: Any) -> Any:
+        """One unary call; its gRPC error as a LoaderError."""
+        try:
+            return getattr(self._api(), method)(request, **kwargs)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
 
-        return self._retrying(spec, call)
+    def describe(self, spec: feed_pb2.DatasetSpec) -> feed_pb2.DescribeResponse:
+        req = feed_pb2.DescribeRequest(dataset=spec)
+        resp: feed_pb2.DescribeResponse = self._retrying(spec, lambda: self._rpc("Describe", req))
+        return resp
 
     def plan(self, open_req: feed_pb2.OpenStream) -> feed_pb2.PlanResponse:
-        def call() -> feed_pb2.PlanResponse:
-            try:
-                req = feed_pb2.PlanRequest(open=open_req)
-                resp: feed_pb2.PlanResponse = self._api().Plan(req, timeout=60)
-                return resp
-            except grpc.RpcError as err:
-                raise self._error(err) from None
-
-        return self._retrying(open_req.dataset, call)
+        req = feed_pb2.PlanRequest(open=open_req)
+        call = functools.partial(self._rpc, "Plan", req, timeout=60)
+        resp: feed_pb2.PlanResponse = self._retrying(open_req.dataset, call)
+        return resp
 
     def status(self) -> feed_pb2.StatusResponse:
-        try:
-            resp: feed_pb2.StatusResponse = self._api().Status(feed_pb2.StatusRequest(), timeout=10)
-            return resp
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        resp: feed_pb2.StatusResponse = self._rpc("Status", feed_pb2.StatusRequest(), timeout=10)
+        return resp
 
     def version(self) -> str:
-        try:
-            resp: feed_pb2.VersionResponse = self._api().Version(feed_pb2.VersionRequest(), timeout=10)
-            return resp.version
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        resp: feed_pb2.VersionResponse = self._rpc("Version", feed_pb2.VersionRequest(), timeout=10)
+        return resp.version
 
     def write(self, req: feed_pb2.WriteRequest) -> feed_pb2.WriteResponse:
-        def call() -> feed_pb2.WriteResponse:
-            try:
-                resp: feed_pb2.WriteResponse = self._api().Write(req)
-                return resp
-            except grpc.RpcError as err:
-                raise self._error(err) from None
-
-        return self._retrying(req.dataset, call)
+        resp: feed_pb2.WriteResponse = self._retrying(req.dataset, lambda: self._rpc("Write", req))
+        return resp
 
     def group_by(self, req: feed_pb2.GroupByRequest) -> Iterator[pa.RecordBatch]:
         """The groups the daemon assembled, one record batch each."""

@@ -42,9 +42,9 @@ ShardMode = Literal["even", "exact"]
 OnError = Literal["raise", "skip"]
 Size = int | tuple[int, int]
 
-# torchvision's ImageNet statistics, for normalize().
 _log = logging.getLogger("loaderd")
 
+# torchvision's ImageNet statistics, for normalize().
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
