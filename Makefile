@@ -121,9 +121,7 @@ test-gpu: deps
 # seeded with the corpora; minimizing new inputs would spend the whole budget
 # on a few large seeds.
 test-fuzz: deps
-	for t in $(FUZZ_TARGETS); do \
-	  $(GO) test -tags "$(GOTAGS)" -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 0 ./$${t%%:*}/ || exit 1; \
-	done
+	bash deploy/dev/fuzz.sh $(FUZZTIME) "$(GOTAGS)" $(FUZZ_TARGETS)
 
 test-py: build venv
 	LOADERD_BIN=$(CURDIR)/bin/loaderd $(PY) -m pytest -q -c clients/python/pyproject.toml --rootdir . clients/python/tests tests
